@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the evalstream wire contract (``python protos/generate.py``)."""
