@@ -1,0 +1,1 @@
+"""Judge tiers behind one gRPC contract (``evalstream.v1.JudgeService``)."""

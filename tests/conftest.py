@@ -1,0 +1,36 @@
+"""Shared fixtures: a real embedded broker per session, unique topic names, the shared data path."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evalstream.broker import EmbeddedBroker
+from evalstream.datasets import DataNotFoundError, data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Real public labelled data (../shared/data); never copied into the repository."""
+    try:
+        return data_root()
+    except DataNotFoundError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One real noida-db broker for the whole test session; tests use unique topic names."""
+    with EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic and group names, so tests never share state on the broker."""
+    return uuid.uuid4().hex[:10]

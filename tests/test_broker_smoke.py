@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from evalstream.broker import EmbeddedBroker
+
+
+def test_broker_round_trip(broker: EmbeddedBroker, unique: str) -> None:
+    topic = f"smoke-{unique}"
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    producer.send(topic, key=b"k", value=b"v", headers=[("h", b"1")]).get(timeout=10)
+    producer.close()
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    got = next(iter(consumer))
+    consumer.close()
+    assert (got.key, got.value, got.headers) == (b"k", b"v", [("h", b"1")])
