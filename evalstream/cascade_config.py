@@ -1,0 +1,80 @@
+"""The versioned cascade configuration: which tiers judge each dimension, and when to trust them.
+
+``evalstream calibrate`` writes it (thresholds fitted on human labels so that the cascade agrees
+with humans at least ``1 - alpha`` of the time with probability ``1 - delta``); the pipeline loads
+it. For each dimension the tiers are tried in order; a tier's judgement is accepted when its
+confidence is at least the tier's threshold, otherwise the item escalates to the next tier. When the
+last tier is not confident either, the verdict carries the last tier's label with
+``needs_audit = true`` and the item goes to the audit topic for humans.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["CascadeConfig", "DimensionCascade", "TierRule", "default_cascade"]
+
+
+class TierRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: Annotated[int, Field(ge=0, le=9)]
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)]
+    #: Empirical agreement with humans of the accepted items on the calibration split, if fitted.
+    calibrated_agreement: float | None = None
+    #: Share of items this tier accepted on the calibration split, if fitted.
+    calibrated_coverage: float | None = None
+
+
+class DimensionCascade(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tiers: Annotated[list[TierRule], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DimensionCascade:
+        order = [t.tier for t in self.tiers]
+        if order != sorted(set(order)):
+            raise ValueError(f"tiers must be strictly increasing, got {order}")
+        return self
+
+
+class CascadeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Annotated[str, Field(min_length=1)]
+    created_at: datetime | None = None
+    alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # target disagreement with humans
+    delta: Annotated[float, Field(gt=0, lt=1)] | None = None  # allowed probability of missing it
+    calibration_data: str = ""  # what the thresholds were fitted on
+    dimensions: dict[str, DimensionCascade]
+
+    @classmethod
+    def load(cls, path: Path) -> CascadeConfig:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read cascade config {path}: {exc}") from exc
+        return cls.model_validate(raw)
+
+    def dump(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    @property
+    def tiers(self) -> list[int]:
+        """Every tier any dimension uses, ascending."""
+        return sorted({t.tier for d in self.dimensions.values() for t in d.tiers})
+
+
+def default_cascade() -> CascadeConfig:
+    """Tier 0 only, every verdict accepted: what runs before anything is calibrated."""
+    rule = TierRule(tier=0, threshold=0.0)
+    return CascadeConfig(
+        version="default-tier0",
+        dimensions={"refusal": DimensionCascade(tiers=[rule]), "format": DimensionCascade(tiers=[rule])},
+    )
