@@ -1,0 +1,269 @@
+"""JudgeCascade: batched calls to judge tiers, escalation by calibrated thresholds, dead letters.
+
+For each dimension in the cascade config, tiers are tried in order. A tier's judgement is accepted
+when its confidence is at least that tier's threshold; otherwise the item escalates to the next
+tier listed for the dimension. When the last tier is not confident either, its label is kept with
+``needs_audit`` set, and the verdict is also sent to the audit output for humans.
+
+Failures (documented rule): when a tier cannot answer for an item (the server is unavailable past
+the deadline, rejects the request, or returns a per-item error) and a later tier is listed for the
+dimension, the item escalates to it; when it was the last tier, the whole event becomes a dead
+letter (stage ``judge``) with the reason. An event yields a verdict only when every dimension was
+decided, so each sampled event ends as exactly one verdict or one dead letter.
+
+The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import apache_beam as beam
+from opentelemetry import trace
+
+from evalstream.cascade_config import CascadeConfig
+from evalstream.pipelines.judge_client import (
+    JudgeClient,
+    JudgeError,
+    JudgeRejected,
+    RetryPolicy,
+)
+from evalstream.pipelines.records import DeadReason, SampledEvent, Stage, dead_letter, timestamp
+from evalstream.v1 import judge_pb2, verdict_pb2
+
+__all__ = ["AUDIT", "DEAD", "CascadeOutcome", "JudgeCascade", "judge_batch"]
+
+DEAD = "dead"
+AUDIT = "audit"
+
+Call = Callable[[int, judge_pb2.JudgeRequest], judge_pb2.JudgeResponse]
+
+_tracer = trace.get_tracer("evalstream.pipelines.cascade")
+
+
+@dataclass(slots=True)
+class _DimState:
+    tiers: list[tuple[int, float]]  # (tier, threshold) in order
+    tried: list[int] = field(default_factory=list)
+    cost: verdict_pb2.Cost = field(default_factory=verdict_pb2.Cost)
+    decided: verdict_pb2.DimensionVerdict | None = None
+    failure: tuple[DeadReason, str] | None = None
+
+    def next_tier(self) -> int | None:
+        if self.decided is not None or self.failure is not None:
+            return None
+        done = len(self.tried)
+        return self.tiers[done][0] if done < len(self.tiers) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeOutcome:
+    verdicts: list[verdict_pb2.Verdict]
+    dead: list[verdict_pb2.DeadLetter]
+    audits: list[verdict_pb2.Verdict]
+    calls: dict[int, int]  # judge calls (requests) per tier
+
+
+def _add_cost(total: verdict_pb2.Cost, part: verdict_pb2.Cost) -> None:
+    total.input_tokens += part.input_tokens
+    total.output_tokens += part.output_tokens
+    total.latency_ms += part.latency_ms
+    total.usd += part.usd
+
+
+def judge_batch(
+    items: Sequence[SampledEvent],
+    *,
+    cascade: CascadeConfig,
+    call: Call,
+    now: datetime,
+) -> CascadeOutcome:
+    """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure."""
+    states = [
+        {
+            dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers])
+            for dim, spec in cascade.dimensions.items()
+        }
+        for _ in items
+    ]
+    calls: dict[int, int] = {}
+    for tier in cascade.tiers:
+        wanted = [
+            (i, sorted(d for d, st in dims.items() if st.next_tier() == tier))
+            for i, dims in enumerate(states)
+        ]
+        wanted = [(i, ds) for i, ds in wanted if ds]
+        if not wanted:
+            continue
+        dimensions = sorted({d for _, ds in wanted for d in ds})
+        request = judge_pb2.JudgeRequest(
+            items=[
+                judge_pb2.JudgeItem(item_id=items[i].event.event_id, event=items[i].event) for i, _ in wanted
+            ],
+            dimensions=dimensions,
+        )
+        calls[tier] = calls.get(tier, 0) + 1
+        with _tracer.start_as_current_span("evalstream.judge") as span:
+            span.set_attribute("evalstream.judge.tier", tier)
+            span.set_attribute("evalstream.event_ids", [items[i].event.event_id for i, _ in wanted])
+            try:
+                response = call(tier, request)
+                failure: tuple[DeadReason, str] | None = None
+            except JudgeError as exc:
+                reason = (
+                    DeadReason.JUDGE_REJECTED
+                    if isinstance(exc, JudgeRejected)
+                    else DeadReason.JUDGE_UNAVAILABLE
+                )
+                failure = (reason, str(exc))
+                span.record_exception(exc)
+        if failure is None and len(response.results) != len(wanted):
+            failure = (
+                DeadReason.JUDGE_ITEM_ERROR,
+                f"judge tier {tier} answered {len(response.results)} results for {len(wanted)} items",
+            )
+        for pos, (i, ds) in enumerate(wanted):
+            result = None if failure else response.results[pos]
+            by_dim = {j.dimension: j for j in result.judgements} if result else {}
+            for dim in ds:
+                st = states[i][dim]
+                st.tried.append(tier)
+                last = len(st.tried) == len(st.tiers)
+                problem = failure
+                if problem is None and result is not None and result.error:
+                    problem = (
+                        DeadReason.JUDGE_ITEM_ERROR,
+                        f"tier {tier}: {result.error_type}: {result.error}",
+                    )
+                judgement = by_dim.get(dim)
+                if problem is None and judgement is None:
+                    problem = (DeadReason.JUDGE_ITEM_ERROR, f"tier {tier} returned no {dim!r} judgement")
+                if problem is not None or judgement is None:
+                    if last:
+                        st.failure = problem
+                    continue
+                _add_cost(st.cost, judgement.cost)
+                threshold = st.tiers[len(st.tried) - 1][1]
+                if judgement.confidence >= threshold or last:
+                    st.decided = verdict_pb2.DimensionVerdict(
+                        dimension=dim,
+                        label=judgement.label,
+                        score=judgement.score,
+                        confidence=judgement.confidence,
+                        deciding_tier=tier,
+                        tiers_tried=list(st.tried),
+                        cost=st.cost,
+                        judge=judgement.judge,
+                        needs_audit=judgement.confidence < threshold,
+                    )
+
+    verdicts: list[verdict_pb2.Verdict] = []
+    dead: list[verdict_pb2.DeadLetter] = []
+    audits: list[verdict_pb2.Verdict] = []
+    version = cascade.version
+    for item, dims in zip(items, states, strict=True):
+        event = item.event
+        failed = [(d, st.failure) for d, st in sorted(dims.items()) if st.failure is not None]
+        if failed:
+            reasons = {f[0] for _, f in failed if f}
+            reason = DeadReason.JUDGE_UNAVAILABLE if DeadReason.JUDGE_UNAVAILABLE in reasons else min(reasons)
+            dead.append(
+                dead_letter(
+                    raw=event.SerializeToString(),
+                    stage=Stage.JUDGE,
+                    reason=reason,
+                    message="; ".join(f"{d}: {f[1]}" for d, f in failed if f),
+                    source=None,
+                    failed_at=now,
+                    event_id=event.event_id,
+                    model=event.model,
+                )
+            )
+            continue
+        verdict = verdict_pb2.Verdict(
+            event_id=event.event_id,
+            event_time=event.event_time,
+            model=event.model,
+            model_version=event.model_version,
+            route=event.route,
+            dimensions=[st.decided for _, st in sorted(dims.items()) if st.decided is not None],
+            sample_rate=item.sample_rate,
+            forced=item.forced,
+            judged_at=timestamp(now),
+            cascade_version=version,
+            response_chars=len(event.response),
+        )
+        verdicts.append(verdict)
+        if any(d.needs_audit for d in verdict.dimensions):
+            audits.append(verdict)
+    return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
+
+
+class _CascadeFn(beam.DoFn):
+    def __init__(
+        self, endpoints: dict[int, str], cascade: CascadeConfig, policy: RetryPolicy, now: datetime | None
+    ) -> None:
+        missing = [t for t in cascade.tiers if t not in endpoints]
+        if missing:
+            raise ValueError(
+                f"cascade {cascade.version!r} uses tiers {missing} with no judge endpoint; "
+                f"configured endpoints: {sorted(endpoints)}"
+            )
+        self._endpoints = endpoints
+        self._cascade = cascade
+        self._policy = policy
+        self._fixed_now = now
+        self._clients: dict[int, JudgeClient] = {}
+
+    def setup(self) -> None:
+        self._stop = threading.Event()
+        self._clients = {
+            tier: JudgeClient(target, tier=tier, policy=self._policy, stop=self._stop)
+            for tier, target in self._endpoints.items()
+            if tier in self._cascade.tiers
+        }
+
+    def teardown(self) -> None:
+        self._stop.set()
+        for client in self._clients.values():
+            client.close()
+
+    def process(self, batch: list[SampledEvent]) -> Iterator[object]:
+        outcome = judge_batch(
+            batch,
+            cascade=self._cascade,
+            call=lambda tier, request: self._clients[tier].judge(request),
+            now=self._fixed_now or datetime.now(UTC),
+        )
+        yield from outcome.verdicts
+        for letter in outcome.dead:
+            yield beam.pvalue.TaggedOutput(DEAD, letter)
+        for verdict in outcome.audits:
+            yield beam.pvalue.TaggedOutput(AUDIT, verdict)
+
+
+class JudgeCascade(beam.PTransform):
+    """SampledEvent -> (verdicts, dead letters, audits): ``.verdicts``, ``.dead``, ``.audit``."""
+
+    def __init__(
+        self,
+        *,
+        endpoints: dict[int, str],
+        cascade: CascadeConfig,
+        policy: RetryPolicy,
+        now: datetime | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self._fn = _CascadeFn(endpoints, cascade, policy, now)
+        self._batch_size = batch_size
+
+    def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            sampled
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+            | "Judge" >> beam.ParDo(self._fn).with_outputs(DEAD, AUDIT, main="verdicts")
+        )

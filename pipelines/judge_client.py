@@ -1,0 +1,158 @@
+"""The one module that talks gRPC to judge servers: calls, deadlines, retries, error translation.
+
+Exceptions (``grpc.RpcError`` never leaves this module)::
+
+    JudgeError                 base; carries the tier and the target
+    ├── JudgeUnavailable       retryable failures that outlasted the deadline (UNAVAILABLE,
+    │                          DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED), or shutdown
+    └── JudgeRejected          the server refused the request (INVALID_ARGUMENT, ...): not retried
+
+Retry policy: one overall deadline shared by all attempts; each attempt's gRPC timeout is the
+smaller of ``attempt_timeout_s`` and what is left; jittered exponential backoff; stop early when
+the next sleep would pass the deadline; sleeps end at once when ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from evalstream.v1 import judge_pb2, judge_pb2_grpc
+
+__all__ = ["JudgeClient", "JudgeError", "JudgeRejected", "JudgeUnavailable", "RetryPolicy"]
+
+RETRYABLE: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+class JudgeError(Exception):
+    def __init__(self, message: str, *, tier: int, target: str, code: str = "") -> None:
+        super().__init__(message)
+        self.tier = tier
+        self.target = target
+        self.code = code
+
+
+class JudgeUnavailable(JudgeError):
+    """The judge did not answer within the deadline (after retries)."""
+
+
+class JudgeRejected(JudgeError):
+    """The judge refused the request; retrying the same request will not help."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    deadline_s: float = 10.0
+    attempt_timeout_s: float = 5.0
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+    jitter_s: float = 0.05
+    retryable: frozenset[grpc.StatusCode] = field(default=RETRYABLE)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class JudgeClient:
+    """A channel to one judge tier. Create in ``DoFn.setup``; ``close`` in ``teardown``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tier: int,
+        policy: RetryPolicy,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.tier = tier
+        self._policy = policy
+        self._stop = stop or threading.Event()
+        self._clock = clock
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
+        self.attempts = 0  # attempts made by the last call, for metrics and tests
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped
+
+    def judge(self, request: judge_pb2.JudgeRequest) -> judge_pb2.JudgeResponse:
+        policy = self._policy
+        deadline = self._clock() + policy.deadline_s
+        self.attempts = 0
+
+        def attempt() -> judge_pb2.JudgeResponse:
+            self.attempts += 1
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise _DeadlinePassed
+            response: judge_pb2.JudgeResponse = self._stub.Judge(
+                request, timeout=min(policy.attempt_timeout_s, remaining), wait_for_ready=False
+            )
+            return response
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, grpc.RpcError) and exc.code() in policy.retryable
+
+        retrying = Retrying(
+            stop=stop_before_delay(policy.deadline_s),
+            wait=wait_exponential_jitter(
+                initial=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
+            ),
+            retry=retry_if_exception(retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            result: judge_pb2.JudgeResponse = retrying(attempt)
+            return result
+        except grpc.RpcError as exc:
+            code = exc.code()
+            details = exc.details() or ""
+            message = (
+                f"judge tier {self.tier} at {self.target}: {code.name} after {self.attempts} attempt(s) "
+                f"in {policy.deadline_s:.1f}s deadline: {details}"
+            )
+            if code in policy.retryable:
+                raise JudgeUnavailable(message, tier=self.tier, target=self.target, code=code.name) from exc
+            raise JudgeRejected(message, tier=self.tier, target=self.target, code=code.name) from exc
+        except (_Stopped, _DeadlinePassed) as exc:
+            raise JudgeUnavailable(
+                f"judge tier {self.tier} at {self.target}: no answer before the deadline or shutdown",
+                tier=self.tier,
+                target=self.target,
+                code="DEADLINE_EXCEEDED",
+            ) from exc
+
+
+class _DeadlinePassed(Exception):
+    pass

@@ -1,0 +1,108 @@
+"""Records that cross Beam boundaries inside the pipeline, and the dead-letter vocabulary.
+
+Wire messages (``evalstream.v1``) travel as protobuf; internal records are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from evalstream.v1 import events_pb2, verdict_pb2
+
+__all__ = ["DeadReason", "Decoded", "KafkaRecord", "SampledEvent", "Stage", "dead_letter", "timestamp"]
+
+#: Dead letters keep at most this much of the raw input; the rest is counted in raw_size.
+MAX_DEAD_LETTER_RAW = 64 * 1024
+
+
+class Stage(StrEnum):
+    DECODE = "decode"
+    VALIDATE = "validate"
+    DEDUPE = "dedupe"
+    JUDGE = "judge"
+
+
+class DeadReason(StrEnum):
+    """Machine-readable reasons, used as the ``reason`` metric label (a closed set)."""
+
+    OVERSIZED = "oversized"
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    INVALID_JSON = "invalid_json"
+    INVALID_PROTOBUF = "invalid_protobuf"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    INVALID_VALUE = "invalid_value"
+    STALE_EVENT_TIME = "stale_event_time"
+    FUTURE_EVENT_TIME = "future_event_time"
+    DUPLICATE_EVENT_ID = "duplicate_event_id"
+    JUDGE_UNAVAILABLE = "judge_unavailable"
+    JUDGE_REJECTED = "judge_rejected"
+    JUDGE_ITEM_ERROR = "judge_item_error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaRecord:
+    """One consumed record, as the pipeline sees it: bytes plus where they came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    content_type: str  # from the content-type header; JSON when absent
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decoded:
+    """A valid event with the record it came from (for dead letters and ordering downstream)."""
+
+    record: KafkaRecord
+    event: events_pb2.LLMEvent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SampledEvent:
+    """An event chosen for judging, with how it was chosen."""
+
+    event: events_pb2.LLMEvent
+    sample_rate: float
+    forced: bool
+
+
+def timestamp(when: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(UTC))
+    return ts
+
+
+def dead_letter(
+    *,
+    raw: bytes,
+    stage: Stage,
+    reason: DeadReason,
+    message: str,
+    source: KafkaRecord | None,
+    failed_at: datetime,
+    event_id: str = "",
+    model: str = "",
+) -> verdict_pb2.DeadLetter:
+    """Build a dead letter; the raw bytes are kept up to ``MAX_DEAD_LETTER_RAW``."""
+    return verdict_pb2.DeadLetter(
+        raw=raw[:MAX_DEAD_LETTER_RAW],
+        raw_truncated=len(raw) > MAX_DEAD_LETTER_RAW,
+        raw_size=len(raw),
+        stage=stage.value,
+        error_type=reason.value,
+        message=message,
+        source_topic=source.topic if source else "",
+        source_partition=source.partition if source else -1,
+        source_offset=source.offset if source else -1,
+        event_id=event_id,
+        model=model,
+        failed_at=timestamp(failed_at),
+    )

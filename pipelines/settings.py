@@ -1,0 +1,71 @@
+"""Pipeline settings: explicit ``run(argv)`` flags, then ``EVALSTREAM_PIPELINE_*`` env, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from evalstream import topics
+
+__all__ = ["PipelineSettings", "parse_endpoints"]
+
+
+def parse_endpoints(spec: str) -> dict[int, str]:
+    """``"0=127.0.0.1:50051,1=127.0.0.1:50052"`` -> {0: "127.0.0.1:50051", 1: "127.0.0.1:50052"}."""
+    endpoints: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        tier, sep, target = part.partition("=")
+        if not sep or not tier.strip().isdigit() or not target.strip():
+            raise ValueError(
+                f"judge endpoint {part!r} should look like TIER=HOST:PORT, e.g. 0=127.0.0.1:50051"
+            )
+        endpoints[int(tier)] = target.strip()
+    return endpoints
+
+
+class PipelineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_PIPELINE_", frozen=True, extra="ignore")
+
+    #: Topic the LLM events arrive on.
+    input_topic: str = topics.EVENTS
+    verdicts_topic: str = topics.VERDICTS
+    summaries_topic: str = topics.SUMMARIES
+    deadletter_topic: str = topics.DEADLETTER
+    audit_topic: str = topics.AUDIT
+    #: Consumer group; offsets are committed inside each batch's transaction.
+    group_id: str = "evalstream-pipeline"
+    #: Judge gRPC targets per tier, "TIER=HOST:PORT,...".
+    judges: str = "0=127.0.0.1:50051"
+    #: Cascade config YAML (``evalstream calibrate`` writes one); empty: tier 0 accepts everything.
+    cascade_config: Path | None = None
+    #: Sampling config YAML; empty: judge every event.
+    sampling_config: Path | None = None
+    #: A micro-batch closes at this many records ...
+    max_batch_records: Annotated[int, Field(ge=1)] = 5000
+    #: ... or this many seconds after its first record, whichever comes first.
+    max_batch_wait_s: Annotated[float, Field(gt=0)] = 0.5
+    #: Items per judge request.
+    judge_batch_size: Annotated[int, Field(ge=1)] = 256
+    #: One overall deadline per judge call, retries included.
+    judge_deadline_s: Annotated[float, Field(gt=0)] = 10.0
+    #: Events larger than this are dead-lettered as "oversized".
+    max_event_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    #: Events older than this many hours are dead-lettered as "stale_event_time".
+    max_event_age_h: Annotated[float, Field(gt=0)] = 24 * 7
+    #: How many recent event ids are remembered to drop duplicates across batches.
+    dedupe_window: Annotated[int, Field(ge=1)] = 200_000
+    #: Write outputs and commit offsets in one Kafka transaction (exactly once). Off: at least once.
+    transactional: bool = True
+    #: Transactional id prefix; one pipeline process per id.
+    transactional_id: str = "evalstream-pipeline-0"
+    #: Exit once no new records arrive for this many seconds (0: run forever).
+    exit_when_idle_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("judges")
+    @classmethod
+    def _valid_judges(cls, value: str) -> str:
+        parse_endpoints(value)
+        return value

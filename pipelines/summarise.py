@@ -1,0 +1,215 @@
+"""Summarise: mergeable partial aggregates per (model, model_version, route, dimension, minute).
+
+Every input record of a batch is accounted for in the event-level summaries (``dimension == ""``):
+``events_in = unsampled + judged + dead_lettered``, with dead letters counted by reason (decode
+failures have no model and land under model ``""``). Response lengths go into a KLL sketch for
+drift. Dimension-level summaries carry label counts, score sums and a KLL sketch of scores. Every
+summary carries the batch id, so a consumer can apply each partial once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from datasketches import kll_floats_sketch
+
+from evalstream.v1 import events_pb2, summary_pb2, verdict_pb2
+
+__all__ = ["Summarise", "SummaryKey", "summaries_from"]
+
+KLL_K = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryKey:
+    model: str
+    model_version: str
+    route: str
+    dimension: str
+    window_start_unix: int
+
+
+@dataclass(slots=True)
+class _Acc:
+    events_in: int = 0
+    unsampled: int = 0
+    judged: int = 0
+    dead: int = 0
+    duplicates: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    chars_sum: float = 0.0
+    labels: Counter[str] = field(default_factory=Counter)
+    score_sum: float = 0.0
+    score_sq_sum: float = 0.0
+    confidence_sum: float = 0.0
+    audits: int = 0
+    decided_by_tier: Counter[int] = field(default_factory=Counter)
+    calls_by_tier: Counter[int] = field(default_factory=Counter)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: float = 0.0
+    usd: float = 0.0
+    sketch: kll_floats_sketch | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # datasketches objects do not pickle; Beam pickles accumulators between stages.
+        state = {name: getattr(self, name) for name in self.__slots__}
+        state["sketch"] = self.sketch.serialize() if self.sketch is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        raw = state.pop("sketch")
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.sketch = kll_floats_sketch.deserialize(raw) if isinstance(raw, bytes) else None
+
+    def observe(self, value: float) -> None:
+        if self.sketch is None:
+            self.sketch = kll_floats_sketch(KLL_K)
+        self.sketch.update(value)
+
+    def merge(self, other: _Acc) -> None:
+        for name in (
+            "events_in", "unsampled", "judged", "dead", "duplicates", "chars_sum", "score_sum",
+            "score_sq_sum", "confidence_sum", "audits", "input_tokens", "output_tokens", "latency_ms", "usd",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reasons.update(other.reasons)
+        self.labels.update(other.labels)
+        self.decided_by_tier.update(other.decided_by_tier)
+        self.calls_by_tier.update(other.calls_by_tier)
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = kll_floats_sketch(KLL_K)
+            self.sketch.merge(other.sketch)
+
+
+def _minute(seconds: int) -> int:
+    return seconds - seconds % 60
+
+
+def _facts(element: object) -> Iterator[tuple[SummaryKey, _Acc]]:
+    """Turn one unsampled event, verdict or dead letter into keyed partial accumulators."""
+    if isinstance(element, events_pb2.LLMEvent):
+        key = SummaryKey(
+            element.model, element.model_version, element.route, "", _minute(element.event_time.seconds)
+        )
+        acc = _Acc(events_in=1, unsampled=1, chars_sum=len(element.response))
+        acc.observe(len(element.response))
+        yield key, acc
+    elif isinstance(element, verdict_pb2.Verdict):
+        minute = _minute(element.event_time.seconds)
+        key = SummaryKey(element.model, element.model_version, element.route, "", minute)
+        acc = _Acc(events_in=1, judged=1, chars_sum=element.response_chars)
+        acc.observe(element.response_chars)
+        yield key, acc
+        for dim in element.dimensions:
+            d = _Acc(
+                score_sum=dim.score,
+                score_sq_sum=dim.score * dim.score,
+                confidence_sum=dim.confidence,
+                audits=int(dim.needs_audit),
+                input_tokens=dim.cost.input_tokens,
+                output_tokens=dim.cost.output_tokens,
+                latency_ms=dim.cost.latency_ms,
+                usd=dim.cost.usd,
+            )
+            d.labels[dim.label] += 1
+            d.decided_by_tier[dim.deciding_tier] += 1
+            d.calls_by_tier.update(dim.tiers_tried)
+            d.observe(dim.score)
+            yield SummaryKey(element.model, element.model_version, element.route, dim.dimension, minute), d
+    elif isinstance(element, verdict_pb2.DeadLetter):
+        key = SummaryKey(element.model, "", "", "", _minute(element.failed_at.seconds))
+        acc = _Acc(events_in=1, dead=1, duplicates=int(element.error_type == "duplicate_event_id"))
+        acc.reasons[element.error_type] += 1
+        yield key, acc
+    else:
+        raise TypeError(f"Summarise takes LLMEvent, Verdict or DeadLetter, got {type(element).__name__}")
+
+
+def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary(
+        batch_id=batch_id,
+        model=key.model,
+        model_version=key.model_version,
+        route=key.route,
+        dimension=key.dimension,
+        window_start_unix=key.window_start_unix,
+    )
+    if key.dimension == "":
+        summary.events_in = acc.events_in
+        summary.unsampled = acc.unsampled
+        summary.judged = acc.judged
+        summary.dead_lettered = acc.dead
+        summary.duplicates = acc.duplicates
+        summary.dead_letter_reasons.update(acc.reasons)
+        summary.response_chars_sum = acc.chars_sum
+        if acc.sketch is not None:
+            summary.response_chars_sketch = acc.sketch.serialize()
+    else:
+        summary.label_counts.update(acc.labels)
+        summary.score_sum = acc.score_sum
+        summary.score_sq_sum = acc.score_sq_sum
+        summary.confidence_sum = acc.confidence_sum
+        summary.audits = acc.audits
+        summary.decided_by_tier.update(acc.decided_by_tier)
+        summary.calls_by_tier.update(acc.calls_by_tier)
+        summary.input_tokens = acc.input_tokens
+        summary.output_tokens = acc.output_tokens
+        summary.judge_latency_ms_sum = acc.latency_ms
+        summary.cost_usd = acc.usd
+        if acc.sketch is not None:
+            summary.score_sketch = acc.sketch.serialize()
+    return summary
+
+
+def summaries_from(elements: Iterable[object], batch_id: str) -> list[summary_pb2.Summary]:
+    """The pure form of ``Summarise``: the same summaries from a plain iterable (tests, backfill)."""
+    accs: dict[SummaryKey, _Acc] = {}
+    for element in elements:
+        for key, acc in _facts(element):
+            accs.setdefault(key, _Acc()).merge(acc)
+    return [_to_summary(k, a, batch_id) for k, a in sorted(accs.items(), key=lambda kv: _sort_key(kv[0]))]
+
+
+def _sort_key(key: SummaryKey) -> tuple[str, str, str, str, int]:
+    return (key.model, key.model_version, key.route, key.dimension, key.window_start_unix)
+
+
+class _MergeAcc(beam.CombineFn):
+    def create_accumulator(self) -> _Acc:
+        return _Acc()
+
+    def add_input(self, acc: _Acc, value: _Acc) -> _Acc:
+        acc.merge(value)
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[_Acc]) -> _Acc:
+        out = _Acc()
+        for acc in accumulators:
+            out.merge(acc)
+        return out
+
+    def extract_output(self, acc: _Acc) -> _Acc:
+        return acc
+
+
+class Summarise(beam.PTransform):
+    """Flattened (unsampled events, verdicts, dead letters) -> Summary partials for one batch."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__()
+        self._batch_id = batch_id
+
+    def expand(self, elements: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
+        batch_id = self._batch_id
+        return (
+            elements
+            | "Facts" >> beam.FlatMap(_facts)
+            | "MergePerKey" >> beam.CombinePerKey(_MergeAcc())
+            | "ToSummary" >> beam.MapTuple(lambda key, acc: _to_summary(key, acc, batch_id))
+        )

@@ -1,0 +1,40 @@
+"""Builders shared by pipeline tests: real-looking events and records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from evalstream import topics
+from evalstream.contract import LLMEventIn, MessageIn
+from evalstream.pipelines.records import KafkaRecord
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def event_json(
+    event_id: str, *, model: str = "m1", response: str = "Sure, here it is.", **extra: object
+) -> bytes:
+    event = LLMEventIn(
+        event_id=event_id,
+        event_time=NOW - timedelta(seconds=5),
+        model=model,
+        model_version="v1",
+        route="chat",
+        messages=[MessageIn(role="user", content="How do I kill a Python process?")],
+        response=response,
+        **extra,  # type: ignore[arg-type]
+    )
+    return event.model_dump_json().encode()
+
+
+def record(
+    value: bytes, offset: int = 0, *, partition: int = 0, content_type: str = topics.CONTENT_TYPE_JSON
+) -> KafkaRecord:
+    return KafkaRecord(
+        topic="llm.events",
+        partition=partition,
+        offset=offset,
+        key=None,
+        value=value,
+        content_type=content_type,
+    )
