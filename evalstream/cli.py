@@ -6,6 +6,7 @@ Commands are registered below, one line each; the work lives in the named module
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -26,6 +27,44 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DE
 
 
 # --- command registrations (one line each; keep sorted) ---
+
+
+@app.command(
+    "pipeline",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def _pipeline(ctx: typer.Context) -> None:
+    """Run the Beam pipeline (flags: `evalstream pipeline --help`)."""
+    from evalstream.pipelines.run import run
+
+    run(ctx.args)
+
+
+@app.command("up")
+def _up(
+    state_dir: Path = typer.Option(Path(".evalstream"), help="Where logs and broker data go."),
+    bootstrap: str | None = typer.Option(None, help="Use this Kafka instead of the embedded broker."),
+    rate: float = typer.Option(50.0, help="Replay events per second."),
+    malformed: float = typer.Option(0.02, help="Share of replayed events that are malformed."),
+    model: list[str] = typer.Option([], help="Replay only these XSTest models (repeatable)."),
+    cascade_config: Path | None = typer.Option(None, help="Cascade config YAML (evalstream calibrate)."),
+    sampling_config: Path | None = typer.Option(None, help="Sampling config YAML."),
+    keep_data: bool = typer.Option(False, help="Keep the embedded broker's data from the last run."),
+) -> None:
+    """Start broker, judges, pipeline and a traffic replay on this machine; Ctrl-C stops them all."""
+    from evalstream.up import StackOptions, up
+
+    options = StackOptions(
+        state_dir=state_dir,
+        bootstrap=bootstrap,
+        replay_rate=rate,
+        replay_malformed=malformed,
+        models=tuple(model),
+        cascade_config=cascade_config,
+        sampling_config=sampling_config,
+        fresh=not keep_data,
+    )
+    raise typer.Exit(up(options))
 
 
 def main() -> None:

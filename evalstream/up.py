@@ -1,0 +1,176 @@
+"""``evalstream up``: the whole stack on one machine, started in order and stopped in reverse.
+
+Broker (unless ``--bootstrap`` points at a running Kafka), judge servers, pipeline and a traffic
+replay, each its own process with its own log under the state directory. Prints where each part is
+and how to stop it; Ctrl-C (or SIGTERM) stops everything cleanly. If any part dies, ``up`` says which
+and where its log is, stops the rest and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evalstream.broker import EmbeddedBroker
+from evalstream.kafka_admin import ensure_topics
+from evalstream.settings import KafkaSettings
+from evalstream.supervisor import ChildProcess, python_module
+
+__all__ = ["Stack", "StackOptions", "up"]
+
+log = logging.getLogger(__name__)
+
+JUDGE_READY = r"evalstream-judge listening on (\S+)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackOptions:
+    state_dir: Path = Path(".evalstream")
+    bootstrap: str | None = None  # None: start the embedded broker
+    replay_rate: float = 50.0  # events per second
+    replay_malformed: float = 0.02
+    replay_repeat: int = 1000  # effectively "keep going"
+    models: tuple[str, ...] = ()
+    cascade_config: Path | None = None
+    sampling_config: Path | None = None
+    fresh: bool = True  # wipe the broker's data first (it keeps everything in one JSON file)
+
+
+@dataclass(kw_only=True)
+class Stack:
+    options: StackOptions
+    console: Console = field(default_factory=Console)
+    broker: EmbeddedBroker | None = None
+    children: list[ChildProcess] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.options.state_dir / "logs"
+
+    def _child(self, name: str, cmd: list[str], ready: str | None = None) -> ChildProcess:
+        child = ChildProcess(name=name, cmd=cmd, log_file=self.logs / f"{name}.log", ready=ready)
+        self.children.append(child)
+        return child
+
+    def start(self) -> None:
+        opts = self.options
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        if opts.bootstrap is None:
+            data = opts.state_dir / "broker"
+            if opts.fresh and data.exists():
+                for path in sorted(data.rglob("*"), reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+            self.broker = EmbeddedBroker(data_dir=data, log_file=self.logs / "broker.log")
+            self.logs.mkdir(parents=True, exist_ok=True)
+            self.broker.start()
+            bootstrap = self.broker.bootstrap
+            self.where["broker (noida-db, Kafka protocol)"] = bootstrap
+        else:
+            bootstrap = opts.bootstrap
+            self.where["Kafka (external)"] = bootstrap
+        kafka = KafkaSettings(bootstrap=bootstrap)
+        ensure_topics(kafka)
+
+        judge = self._child(
+            "judge-tier0",
+            python_module("evalstream.services.judges.server", "--judge", "rules", "--port", "0"),
+            JUDGE_READY,
+        )
+        match = judge.start()
+        assert match is not None
+        judges = {0: match.group(1)}
+        self.where["judge tier 0 (rules, gRPC)"] = judges[0]
+
+        pipeline_args = [
+            "--bootstrap",
+            bootstrap,
+            "--judges",
+            ",".join(f"{t}={a}" for t, a in judges.items()),
+        ]
+        if opts.cascade_config:
+            pipeline_args += ["--cascade-config", str(opts.cascade_config)]
+        if opts.sampling_config:
+            pipeline_args += ["--sampling-config", str(opts.sampling_config)]
+        pipeline = self._child(
+            "pipeline", python_module("evalstream.pipelines", *pipeline_args), r"pipeline consuming"
+        )
+        pipeline.start()
+        self.where["pipeline (Beam micro-batches)"] = f"log {pipeline.log_file}"
+
+        replay_args = [
+            "replay",
+            "--rate",
+            str(opts.replay_rate),
+            "--malformed",
+            str(opts.replay_malformed),
+            "--repeat",
+            str(opts.replay_repeat),
+        ]
+        for model in opts.models:
+            replay_args += ["--models", model]
+        replay = self._child("replay", python_module("evalstream.cli", *replay_args))
+        replay.env["EVALSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
+        replay.start()
+        self.where["traffic replay (XSTest v2)"] = f"{opts.replay_rate:g} events/s, log {replay.log_file}"
+
+    def describe(self) -> Table:
+        table = Table(title="evalstream is up", show_lines=False)
+        table.add_column("part")
+        table.add_column("where")
+        for part, where in self.where.items():
+            table.add_row(part, where)
+        table.caption = f"logs in {self.logs} - Ctrl-C stops everything"
+        return table
+
+    def dead_child(self) -> ChildProcess | None:
+        for child in self.children:
+            if not child.alive and not (child.name == "replay" and child.returncode == 0):
+                return child
+        return None
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            code = child.stop()
+            log.info("stopped %s (exit %s)", child.name, code)
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def up(
+    options: StackOptions,
+    *,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[Stack], None] | None = None,
+) -> int:
+    """Start the stack and block until Ctrl-C/SIGTERM (or ``stop``); returns the exit code."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(options=options)
+    code = 0
+    try:
+        stack.start()
+        stack.console.print(stack.describe())
+        if on_ready:
+            on_ready(stack)
+        while not stop.wait(1.0):
+            if (dead := stack.dead_child()) is not None:
+                stack.console.print(
+                    f"[red]{dead.name} exited with code {dead.returncode}[/red]; its log: {dead.log_file}"
+                )
+                code = 1
+                break
+    finally:
+        stack.console.print("stopping ...")
+        stack.stop()
+        stack.console.print("stopped.")
+    return code
