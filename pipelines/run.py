@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import logging
 import os
+import pickle
 import signal
 import struct
 import tempfile
@@ -114,6 +115,17 @@ def _read_spill(directory: Path) -> Iterator[bytes]:
             pos += size
 
 
+def _write_records(path: Path, records: Sequence[KafkaRecord]) -> None:
+    with path.open("wb") as out:
+        pickle.dump(list(records), out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _read_records(path: str) -> list[KafkaRecord]:
+    with open(path, "rb") as f:
+        records: list[KafkaRecord] = pickle.load(f)
+    return records
+
+
 def process_batch(
     records: Sequence[KafkaRecord],
     config: EvaluateConfig,
@@ -122,13 +134,20 @@ def process_batch(
     batch_id: str,
     seen: frozenset[str] = frozenset(),
 ) -> BatchResult:
-    """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs."""
+    """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs.
+
+    The records reach the pipeline through a file, not ``beam.Create``: Create would pickle and
+    bz2-compress every record into the pipeline definition (measured: ~0.3 ms per record).
+    """
     with tempfile.TemporaryDirectory(prefix="evalstream-batch-") as spill:
+        root = Path(spill)
+        _write_records(root / "input.pickle", records)
         options = PipelineOptions(["--direct_num_workers=1"])
         with beam.Pipeline(runner=FnApiRunner(), options=options) as pipeline:
             outputs = (
                 pipeline
-                | "Records" >> beam.Create(list(records), reshuffle=False)
+                | "Input" >> beam.Create([str(root / "input.pickle")])
+                | "Records" >> beam.FlatMap(_read_records)
                 | "Evaluate" >> Evaluate(config, now=now, batch_id=batch_id, seen=seen)
             )
             for tag in _OUTPUTS:
@@ -138,7 +157,6 @@ def process_batch(
                 | "UnsampledIds" >> beam.Map(lambda event: event.event_id.encode())
                 | "Spill_unsampled" >> beam.ParDo(_Spill(spill, "unsampled"))
             )
-        root = Path(spill)
         return BatchResult(
             verdicts=[verdict_pb2.Verdict.FromString(b) for b in _read_spill(root / "verdicts")],
             summaries=[summary_pb2.Summary.FromString(b) for b in _read_spill(root / "summaries")],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import apache_beam as beam
 from datasketches import kll_floats_sketch
@@ -23,8 +24,9 @@ __all__ = ["Summarise", "SummaryKey", "summaries_from"]
 KLL_K = 200
 
 
-@dataclass(frozen=True, slots=True)
-class SummaryKey:
+class SummaryKey(NamedTuple):
+    """A plain tuple on the wire, so Beam groups it with its deterministic tuple coder."""
+
     model: str
     model_version: str
     route: str
@@ -91,44 +93,55 @@ def _minute(seconds: int) -> int:
     return seconds - seconds % 60
 
 
-def _facts(element: object) -> Iterator[tuple[SummaryKey, _Acc]]:
-    """Turn one unsampled event, verdict or dead letter into keyed partial accumulators."""
+Fact = tuple[object, verdict_pb2.DimensionVerdict | None]
+
+
+def _facts(element: object) -> Iterator[tuple[SummaryKey, Fact]]:
+    """Key one unsampled event, verdict or dead letter (and each verdict dimension) for merging."""
     if isinstance(element, events_pb2.LLMEvent):
-        key = SummaryKey(
-            element.model, element.model_version, element.route, "", _minute(element.event_time.seconds)
-        )
-        acc = _Acc(events_in=1, unsampled=1, chars_sum=len(element.response))
-        acc.observe(len(element.response))
-        yield key, acc
+        minute = _minute(element.event_time.seconds)
+        yield SummaryKey(element.model, element.model_version, element.route, "", minute), (element, None)
     elif isinstance(element, verdict_pb2.Verdict):
         minute = _minute(element.event_time.seconds)
-        key = SummaryKey(element.model, element.model_version, element.route, "", minute)
-        acc = _Acc(events_in=1, judged=1, chars_sum=element.response_chars)
-        acc.observe(element.response_chars)
-        yield key, acc
+        yield SummaryKey(element.model, element.model_version, element.route, "", minute), (element, None)
         for dim in element.dimensions:
-            d = _Acc(
-                score_sum=dim.score,
-                score_sq_sum=dim.score * dim.score,
-                confidence_sum=dim.confidence,
-                audits=int(dim.needs_audit),
-                input_tokens=dim.cost.input_tokens,
-                output_tokens=dim.cost.output_tokens,
-                latency_ms=dim.cost.latency_ms,
-                usd=dim.cost.usd,
-            )
-            d.labels[dim.label] += 1
-            d.decided_by_tier[dim.deciding_tier] += 1
-            d.calls_by_tier.update(dim.tiers_tried)
-            d.observe(dim.score)
-            yield SummaryKey(element.model, element.model_version, element.route, dim.dimension, minute), d
+            key = SummaryKey(element.model, element.model_version, element.route, dim.dimension, minute)
+            yield key, (element, dim)
     elif isinstance(element, verdict_pb2.DeadLetter):
-        key = SummaryKey(element.model, "", "", "", _minute(element.failed_at.seconds))
-        acc = _Acc(events_in=1, dead=1, duplicates=int(element.error_type == "duplicate_event_id"))
-        acc.reasons[element.error_type] += 1
-        yield key, acc
+        yield SummaryKey(element.model, "", "", "", _minute(element.failed_at.seconds)), (element, None)
     else:
         raise TypeError(f"Summarise takes LLMEvent, Verdict or DeadLetter, got {type(element).__name__}")
+
+
+def _apply(acc: _Acc, fact: Fact) -> None:
+    element, dim = fact
+    if dim is not None:
+        acc.score_sum += dim.score
+        acc.score_sq_sum += dim.score * dim.score
+        acc.confidence_sum += dim.confidence
+        acc.audits += int(dim.needs_audit)
+        acc.input_tokens += dim.cost.input_tokens
+        acc.output_tokens += dim.cost.output_tokens
+        acc.latency_ms += dim.cost.latency_ms
+        acc.usd += dim.cost.usd
+        acc.labels[dim.label] += 1
+        acc.decided_by_tier[dim.deciding_tier] += 1
+        acc.calls_by_tier.update(dim.tiers_tried)
+        acc.observe(dim.score)
+        return
+    acc.events_in += 1
+    if isinstance(element, events_pb2.LLMEvent):
+        acc.unsampled += 1
+        acc.chars_sum += len(element.response)
+        acc.observe(len(element.response))
+    elif isinstance(element, verdict_pb2.Verdict):
+        acc.judged += 1
+        acc.chars_sum += element.response_chars
+        acc.observe(element.response_chars)
+    elif isinstance(element, verdict_pb2.DeadLetter):
+        acc.dead += 1
+        acc.duplicates += int(element.error_type == "duplicate_event_id")
+        acc.reasons[element.error_type] += 1
 
 
 def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str) -> summary_pb2.Summary:
@@ -171,8 +184,8 @@ def summaries_from(elements: Iterable[object], batch_id: str) -> list[summary_pb
     """The pure form of ``Summarise``: the same summaries from a plain iterable (tests, backfill)."""
     accs: dict[SummaryKey, _Acc] = {}
     for element in elements:
-        for key, acc in _facts(element):
-            accs.setdefault(key, _Acc()).merge(acc)
+        for key, fact in _facts(element):
+            _apply(accs.setdefault(key, _Acc()), fact)
     return [_to_summary(k, a, batch_id) for k, a in sorted(accs.items(), key=lambda kv: _sort_key(kv[0]))]
 
 
@@ -184,8 +197,8 @@ class _MergeAcc(beam.CombineFn):
     def create_accumulator(self) -> _Acc:
         return _Acc()
 
-    def add_input(self, acc: _Acc, value: _Acc) -> _Acc:
-        acc.merge(value)
+    def add_input(self, acc: _Acc, fact: Fact) -> _Acc:
+        _apply(acc, fact)
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[_Acc]) -> _Acc:
@@ -209,7 +222,7 @@ class Summarise(beam.PTransform):
         batch_id = self._batch_id
         return (
             elements
-            | "Facts" >> beam.FlatMap(_facts)
+            | "Facts" >> beam.FlatMap(lambda element: ((tuple(k), f) for k, f in _facts(element)))
             | "MergePerKey" >> beam.CombinePerKey(_MergeAcc())
-            | "ToSummary" >> beam.MapTuple(lambda key, acc: _to_summary(key, acc, batch_id))
+            | "ToSummary" >> beam.MapTuple(lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id))
         )
