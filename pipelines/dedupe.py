@@ -1,21 +1,25 @@
 """Dedupe: one event per event id; every later copy becomes a ``duplicate_event_id`` dead letter.
 
 Within a batch, copies are grouped by event id and the first by (partition, offset) wins. Across
-batches, the runner passes the ids it has recently seen (a bounded window, see ``SeenIds``); a
-streaming runner would keep the same window in per-key state with an expiry timer instead.
+batches, the micro-batch runner keeps the ids it has recently judged or counted in a bounded
+``SeenIds`` window and lends it to the transform through Beam's ``Shared`` (the same mechanism
+RunInference uses to share a model), so nothing is copied into each batch's pipeline. A streaming
+runner would keep the same window in per-key state with an expiry timer instead.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 import apache_beam as beam
+from apache_beam.utils import shared
 
 from evalstream.pipelines.records import DeadReason, Decoded, Stage, dead_letter
 
-__all__ = ["Dedupe", "SeenIds"]
+__all__ = ["Dedupe", "SeenIds", "SharedSeenIds"]
 
 DEAD = "dead"
 
@@ -39,14 +43,49 @@ class SeenIds:
     def snapshot(self) -> frozenset[str]:
         return frozenset(self._ids)
 
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
     def __len__(self) -> int:
         return len(self._ids)
 
 
+class SharedSeenIds:
+    """A picklable reference to a process-local ``SeenIds``, for runners that execute in-process.
+
+    The creator holds the strong reference that keeps the window alive; DoFns resolve it by tag.
+    """
+
+    def __init__(self, seen: SeenIds) -> None:
+        self._handle = shared.Shared()
+        self._tag = uuid.uuid4().hex
+        self._anchor = self._handle.acquire(lambda: seen, tag=self._tag)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_handle": self._handle, "_tag": self._tag}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def resolve(self) -> SeenIds:
+        def missing() -> SeenIds:
+            raise RuntimeError(
+                "the shared SeenIds window is gone: Dedupe with shared ids needs an in-process runner "
+                "and the runner must keep its SharedSeenIds alive while the pipeline runs"
+            )
+
+        found: SeenIds = self._handle.acquire(missing, tag=self._tag)
+        return found
+
+
 class _PickFirst(beam.DoFn):
-    def __init__(self, seen: frozenset[str], now: datetime | None) -> None:
-        self._seen = seen
+    def __init__(self, seen: frozenset[str] | SharedSeenIds, now: datetime | None) -> None:
+        self._seen_ref = seen
         self._fixed_now = now
+
+    def setup(self) -> None:
+        ref = self._seen_ref
+        self._seen: frozenset[str] | SeenIds = ref.resolve() if isinstance(ref, SharedSeenIds) else ref
 
     def start_bundle(self) -> None:
         self._now = self._fixed_now or datetime.now(UTC)
@@ -78,7 +117,9 @@ class _PickFirst(beam.DoFn):
 class Dedupe(beam.PTransform):
     """``Decoded`` -> (first copies, dead letters for the rest): ``result.events``, ``result.dead``."""
 
-    def __init__(self, *, seen: frozenset[str] = frozenset(), now: datetime | None = None) -> None:
+    def __init__(
+        self, *, seen: frozenset[str] | SharedSeenIds = frozenset(), now: datetime | None = None
+    ) -> None:
         super().__init__()
         self._seen = seen
         self._now = now

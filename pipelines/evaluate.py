@@ -14,7 +14,7 @@ import apache_beam as beam
 from evalstream.cascade_config import CascadeConfig
 from evalstream.pipelines.cascade import JudgeCascade
 from evalstream.pipelines.decode import Decode, DecodeLimits
-from evalstream.pipelines.dedupe import Dedupe
+from evalstream.pipelines.dedupe import Dedupe, SharedSeenIds
 from evalstream.pipelines.judge_client import RetryPolicy
 from evalstream.pipelines.sampling import Sample, SamplingConfig
 from evalstream.pipelines.summarise import Summarise
@@ -50,7 +50,7 @@ class Evaluate(beam.PTransform):
         *,
         now: datetime | None,
         batch_id: str,
-        seen: frozenset[str] = frozenset(),
+        seen: frozenset[str] | SharedSeenIds = frozenset(),
     ) -> None:
         """``now``: the batch clock for micro-batches, or None for the wall clock (streaming runners)."""
         super().__init__()

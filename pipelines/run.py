@@ -46,7 +46,7 @@ from kafka.structs import OffsetAndMetadata
 from evalstream import topics
 from evalstream.cascade_config import CascadeConfig, default_cascade
 from evalstream.pipelines.decode import DecodeLimits
-from evalstream.pipelines.dedupe import SeenIds
+from evalstream.pipelines.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipelines.evaluate import Evaluate, EvaluateConfig
 from evalstream.pipelines.judge_client import RetryPolicy
 from evalstream.pipelines.records import KafkaRecord
@@ -132,7 +132,7 @@ def process_batch(
     *,
     now: datetime,
     batch_id: str,
-    seen: frozenset[str] = frozenset(),
+    seen: frozenset[str] | SharedSeenIds = frozenset(),
 ) -> BatchResult:
     """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs.
 
@@ -225,6 +225,7 @@ class MicroBatchRunner:
         )
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)
+        self._shared_seen = SharedSeenIds(self._seen)
 
     def _consumer(self) -> KafkaConsumer:
         s = self._settings
@@ -305,7 +306,7 @@ class MicroBatchRunner:
             )
         batch_id = batch_identity(s.group_id, spans)
         result = process_batch(
-            records, self.config, now=self._now(), batch_id=batch_id, seen=self._seen.snapshot()
+            records, self.config, now=self._now(), batch_id=batch_id, seen=self._shared_seen
         )
         if result.accounted != len(records):
             raise RuntimeError(

@@ -17,7 +17,7 @@ from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
 from evalstream.contract import LLMEventIn, to_proto
 from evalstream.pipelines.cascade import judge_batch
 from evalstream.pipelines.decode import Decode, DecodeLimits, decode_record
-from evalstream.pipelines.dedupe import Dedupe, SeenIds
+from evalstream.pipelines.dedupe import Dedupe, SeenIds, SharedSeenIds
 from evalstream.pipelines.judge_client import JudgeRejected, JudgeUnavailable
 from evalstream.pipelines.records import Decoded, SampledEvent
 from evalstream.pipelines.sampling import Sample, SamplingConfig, decide, unit_hash
@@ -136,6 +136,17 @@ def test_dedupe_keeps_first_copy_and_dead_letters_the_rest() -> None:
             ),
             label="dead",
         )
+
+
+def test_dedupe_reads_a_shared_window_without_copying_it() -> None:
+    seen = SeenIds(capacity=10)
+    seen.add_all(["old"])
+    ref = SharedSeenIds(seen)
+    assert pickle.loads(pickle.dumps(ref)).resolve() is seen
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([_decoded("old", 1), _decoded("new", 2)]) | Dedupe(seen=ref, now=NOW)
+        assert_that(out.events | beam.Map(lambda d: d.event.event_id), equal_to(["new"]))
+        assert_that(out.dead | "dead" >> beam.Map(lambda d: d.event_id), equal_to(["old"]), label="dead")
 
 
 def test_seen_ids_is_bounded() -> None:
