@@ -238,7 +238,20 @@ class _CascadeFn(beam.DoFn):
             call=lambda tier, request: self._clients[tier].judge(request),
             now=self._fixed_now or datetime.now(UTC),
         )
-        yield from outcome.verdicts
+        for verdict in outcome.verdicts:
+            with _tracer.start_as_current_span("evalstream.verdict") as span:
+                span.set_attribute("evalstream.event_id", verdict.event_id)
+                for dim in verdict.dimensions:
+                    span.add_event(
+                        "gen_ai.evaluation.result",
+                        {
+                            "gen_ai.evaluation.name": dim.dimension,
+                            "gen_ai.evaluation.score.label": dim.label,
+                            "gen_ai.evaluation.score.value": dim.score,
+                            "evalstream.judge.tier": dim.deciding_tier,
+                        },
+                    )
+            yield verdict
         for letter in outcome.dead:
             yield beam.pvalue.TaggedOutput(DEAD, letter)
         for verdict in outcome.audits:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import apache_beam as beam
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from evalstream import topics
@@ -32,6 +33,8 @@ from evalstream.v1 import events_pb2, verdict_pb2
 __all__ = ["DEAD", "Decode", "DecodeLimits", "decode_record"]
 
 DEAD = "dead"
+
+_tracer = trace.get_tracer("evalstream.pipelines.decode")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,11 +147,15 @@ class _DecodeFn(beam.DoFn):
         self._now = self._fixed_now or datetime.now(UTC)
 
     def process(self, record: KafkaRecord) -> Iterator[object]:
-        out = decode_record(record, now=self._now, limits=self._limits)
-        if isinstance(out, verdict_pb2.DeadLetter):
-            yield beam.pvalue.TaggedOutput(DEAD, out)
-        else:
-            yield Decoded(record=record, event=out)
+        with _tracer.start_as_current_span("evalstream.decode") as span:
+            out = decode_record(record, now=self._now, limits=self._limits)
+            span.set_attribute("evalstream.event_id", out.event_id)
+            span.set_attribute("messaging.kafka.offset", record.offset)
+            if isinstance(out, verdict_pb2.DeadLetter):
+                span.set_attribute("evalstream.dead_letter.reason", out.error_type)
+                yield beam.pvalue.TaggedOutput(DEAD, out)
+            else:
+                yield Decoded(record=record, event=out)
 
 
 class Decode(beam.PTransform):
