@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from evalstream.datasets import read_xstest
 from evalstream.dimensions import Dimension, FormatLabel, RefusalLabel, Tier
 from evalstream.services.judges.base import JudgeInput
 from evalstream.services.judges.rules import (
@@ -26,7 +28,6 @@ from evalstream.services.judges.rules_fit import (
     expected_calibration_error,
     fit,
     is_held_out,
-    read_xstest,
 )
 
 # Measured on the held-out prompts (615 completions of 123 prompts) when the rules were written:
@@ -240,7 +241,7 @@ def test_short_prompts_are_not_echoes() -> None:
 
 def test_calibration_table_is_current(xstest) -> None:
     """The committed table is exactly what the fitting command writes from the data and these rules."""
-    table = fit([i for i in xstest if not i.held_out])
+    table = fit([i for i in xstest if not is_held_out(i.prompt_id)])
     assert dump(table) == DEFAULT_CALIBRATION.read_text(encoding="utf-8"), (
         "rules_calibration.json is stale: run `python -m evalstream.services.judges.rules_fit`"
     )
@@ -286,18 +287,15 @@ def test_malformed_tables_are_rejected(tmp_path: Path) -> None:
 
 def test_fit_shrinks_toward_the_parent() -> None:
     """A lone item cannot pull its cell to 0 or 1; a thousand nearly do."""
-    from evalstream.services.judges.rules_fit import XSTestItem
 
-    def x(text: str, label: RefusalLabel, pid: str) -> XSTestItem:
-        return XSTestItem(
-            model="m",
-            prompt_id=pid,
-            prompt_type="t",
-            prompt="p",
-            completion=text,
-            final_label=label,
-            strmatch_label=label,
-        )
+    @dataclass(frozen=True)
+    class Example:
+        prompt_id: str
+        completion: str
+        final_label: RefusalLabel
+
+    def x(text: str, label: RefusalLabel, pid: str) -> Example:
+        return Example(prompt_id=pid, completion=text, final_label=label)
 
     many = [x("Sorry, but I can't assist with that.", RefusalLabel.FULL_REFUSAL, str(i)) for i in range(1000)]
     table = fit([*many, x("I cannot do that. " + "Long answer. " * 100, RefusalLabel.FULL_COMPLIANCE, "z")])
@@ -312,15 +310,15 @@ def test_fit_shrinks_toward_the_parent() -> None:
 
 
 def test_split_is_by_prompt(xstest) -> None:
-    held = {i.prompt_id for i in xstest if i.held_out}
-    fitted = {i.prompt_id for i in xstest if not i.held_out}
+    held = {i.prompt_id for i in xstest if is_held_out(i.prompt_id)}
+    fitted = {i.prompt_id for i in xstest if not is_held_out(i.prompt_id)}
     assert held and fitted and not held & fitted
     assert 0.2 < len(held) / (len(held) + len(fitted)) < 0.4
-    assert all(is_held_out(pid) for pid in held)
+    assert len(held) == 123  # pinned: the calibration table and the reported figures depend on it
 
 
 def test_agreement_with_humans_on_held_out_prompts(judge: RulesJudge, xstest) -> None:
-    held = [i for i in xstest if i.held_out]
+    held = [i for i in xstest if is_held_out(i.prompt_id)]
     outputs = [judge.judge_refusal(i.completion) for i in held]
     truth = [i.final_label.value for i in held]
     ours = agreement([o.label for o in outputs], truth)

@@ -1,4 +1,4 @@
-"""Fit the rules judge's calibration table on XSTest v2 human labels, and read XSTest for it.
+"""Fit the rules judge's calibration table on XSTest v2 human labels.
 
     python -m evalstream.services.judges.rules_fit [--data DIR] [--out PATH] [--strength M]
 
@@ -14,7 +14,6 @@ attribution (CC-BY-4.0, cite the paper) and holds counts only, no prompt or comp
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
@@ -22,9 +21,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from evalstream.datasets import data_root
+from evalstream.datasets import XSTestRecord, data_root, read_xstest
 from evalstream.dimensions import RefusalLabel
 
 from .rules import (
@@ -38,19 +37,17 @@ from .rules import (
 
 __all__ = [
     "ATTRIBUTION",
-    "MODELS",
     "Agreement",
-    "XSTestItem",
+    "Labelled",
     "agreement",
+    "dump",
+    "expected_calibration_error",
     "fit",
+    "held_out_report",
     "is_held_out",
     "main",
-    "read_xstest",
 ]
 
-MODELS: Final = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
-XSTEST_DIR: Final = "xstest_v2_refusal"
-LABELS_DIR: Final = "evaluation/automated_evaluation_labels"
 SPLIT_SALT: Final = "xstest-split-v1"
 HELD_OUT_PERCENT: Final = 30  # ~30% of the prompts are held out
 DEFAULT_STRENGTH: Final = 8.0
@@ -62,34 +59,23 @@ ATTRIBUTION: Final[dict[str, str]] = {
     "commit": "d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d",
     "files": "evaluation/automated_evaluation_labels/xstest_v2_completions_{model}_gpteval.csv",
     "paper": (
-        "Paul Röttger, Hannah Rose Kirk, Bertie Vidgen, Giuseppe Attanasio, Federico Bianchi, Dirk Hovy. "
-        "XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours in Large Language Models. "
-        "NAACL 2024."
+        'Röttger et al., "XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours in Large '
+        'Language Models", NAACL 2024'
     ),
     "license": "CC-BY-4.0 (prompts and labels); completions under the Meta, Mistral and OpenAI terms",
     "derived": "label counts per rule outcome only; no prompt or completion text is stored",
 }
 
-_FINAL_LABELS: Final[dict[str, RefusalLabel]] = {
-    "1_full_compliance": RefusalLabel.FULL_COMPLIANCE,
-    "2_full_refusal": RefusalLabel.FULL_REFUSAL,
-    "3_partial_refusal": RefusalLabel.PARTIAL_REFUSAL,
-}
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class XSTestItem:
-    model: str
-    prompt_id: str
-    prompt_type: str
-    prompt: str
-    completion: str
-    final_label: RefusalLabel  # adjudicated human label: the truth
-    strmatch_label: RefusalLabel  # the recorded keyword string-match baseline
+class Labelled(Protocol):
+    """What fitting needs of a labelled completion (``evalstream.datasets.XSTestRecord`` has it)."""
 
     @property
-    def held_out(self) -> bool:
-        return is_held_out(self.prompt_id)
+    def prompt_id(self) -> str: ...
+    @property
+    def completion(self) -> str: ...
+    @property
+    def final_label(self) -> RefusalLabel: ...
 
 
 def is_held_out(prompt_id: str) -> bool:
@@ -98,55 +84,11 @@ def is_held_out(prompt_id: str) -> bool:
     return int.from_bytes(digest, "big") % 100 < HELD_OUT_PERCENT
 
 
-def _label(value: str, *, where: str) -> RefusalLabel:
-    try:
-        return _FINAL_LABELS[value.strip()]
-    except KeyError:
-        raise ValueError(f"{where}: expected a label in {sorted(_FINAL_LABELS)}, got {value!r}") from None
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
-    except OSError as exc:
-        raise ValueError(f"cannot read XSTest file {path}: {exc}; see {XSTEST_DIR}/SOURCE.md") from exc
-
-
-def read_xstest(root: Path | None = None, models: Sequence[str] = MODELS) -> list[XSTestItem]:
-    """Every labelled completion, joining each model's ``*_gpteval.csv`` (human labels) with its
-    ``*_streval.csv`` (the string-match baseline) by prompt id."""
-    folder = (root or data_root()) / XSTEST_DIR / LABELS_DIR
-    items: list[XSTestItem] = []
-    for model in models:
-        gpt_path = folder / f"xstest_v2_completions_{model}_gpteval.csv"
-        str_path = folder / f"xstest_v2_completions_{model}_streval.csv"
-        baseline = {row["id"]: row for row in _read_csv(str_path)}
-        for row in _read_csv(gpt_path):
-            where = f"{gpt_path.name} id {row['id']}"
-            other = baseline.get(row["id"])
-            if other is None or other["final_label"] != row["final_label"]:
-                raise ValueError(
-                    f"{where}: expected the same id and final_label in {str_path.name}, got {other!r}"
-                )
-            items.append(
-                XSTestItem(
-                    model=model,
-                    prompt_id=row["id"],
-                    prompt_type=row["type"],
-                    prompt=row["prompt"],
-                    completion=row["completion"],
-                    final_label=_label(row["final_label"], where=where),
-                    strmatch_label=_label(other["strmatch_label"], where=f"{str_path.name} id {row['id']}"),
-                )
-            )
-    return items
-
-
 # --- agreement with humans ----------------------------------------------------------------------
 
 
 def _refused(label: str) -> bool:
+    """Binary view of the three classes: refusal = full or partial."""
     return label != RefusalLabel.FULL_COMPLIANCE
 
 
@@ -203,7 +145,7 @@ def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bo
 # --- fitting ------------------------------------------------------------------------------------
 
 
-def fit(items: Iterable[XSTestItem], *, strength: float = DEFAULT_STRENGTH) -> dict[str, Any]:
+def fit(items: Iterable[Labelled], *, strength: float = DEFAULT_STRENGTH) -> dict[str, Any]:
     """The calibration table (as JSON-ready data) from the fit-side items."""
     n: Counter[str] = Counter()
     correct: Counter[str] = Counter()
@@ -269,7 +211,7 @@ def fit(items: Iterable[XSTestItem], *, strength: float = DEFAULT_STRENGTH) -> d
     }
 
 
-def held_out_report(judge: RulesJudge, items: Sequence[XSTestItem]) -> dict[str, Any]:
+def held_out_report(judge: RulesJudge, items: Sequence[XSTestRecord]) -> dict[str, Any]:
     """How the judge does on items it was not fitted on: agreement and calibration of confidence."""
     from sklearn.metrics import brier_score_loss
 
@@ -302,8 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     items = read_xstest(data_root(args.data))
-    fit_items = [i for i in items if not i.held_out]
-    held = [i for i in items if i.held_out]
+    fit_items = [i for i in items if not is_held_out(i.prompt_id)]
+    held = [i for i in items if is_held_out(i.prompt_id)]
     table = fit(fit_items, strength=args.strength)
     args.out.write_text(dump(table), encoding="utf-8")
     report = held_out_report(RulesJudge(Calibration.from_json(table)), held)
