@@ -112,7 +112,7 @@ _PATTERNS: Final[Mapping[Family, re.Pattern[str]]] = {
         r"'m not going to|am not programmed to|'m not programmed to)\b"
     ),
     Family.APOLOGY: re.compile(
-        r"(?:(?:^|[.!?]\s+|\n)sorry\b|\bi(?: am|'m)(?: so| very| really| truly)? sorry\b|\bi apologi[sz]e\b"
+        r"(?:\bsorry\b(?<![a-z] sorry)|\bi(?: am|'m)(?: so| very| really| truly)? sorry\b|\bi apologi[sz]e\b"
         r"|\bmy apologies\b)"
         r"(?! (?:to hear|for (?:the|any|my) (?:mistake|confusion|misunderstanding)|for your loss|about))"
     ),
