@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from evalstream.replay import replay_command
+
 app = typer.Typer(
     name="evalstream",
     help="Streaming evaluation of deployed LLMs: Kafka -> Beam -> cascaded judges -> Prometheus.",
@@ -23,6 +25,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DE
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # Beam logs a warning at import, which installs a root handler first
     )
 
 
@@ -38,6 +41,9 @@ def _pipeline(ctx: typer.Context) -> None:
     from evalstream.pipelines.run import run
 
     run(ctx.args)
+
+
+app.command("replay")(replay_command)
 
 
 @app.command("up")

@@ -12,11 +12,17 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def event_json(
-    event_id: str, *, model: str = "m1", response: str = "Sure, here it is.", **extra: object
+    event_id: str,
+    *,
+    model: str = "m1",
+    response: str = "Sure, here it is.",
+    when: datetime | None = None,
+    **extra: object,
 ) -> bytes:
+    """An event as JSON bytes; ``when`` defaults to 5 s before the fixed test clock ``NOW``."""
     event = LLMEventIn(
         event_id=event_id,
-        event_time=NOW - timedelta(seconds=5),
+        event_time=when or NOW - timedelta(seconds=5),
         model=model,
         model_version="v1",
         route="chat",

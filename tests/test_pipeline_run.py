@@ -1,0 +1,201 @@
+"""``run(argv)`` on real parts: the embedded broker, a judge server process, the pipeline process."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from evalstream.broker import EmbeddedBroker
+from evalstream.kafka_admin import ensure_topics
+from evalstream.procs import free_port
+from evalstream.settings import KafkaSettings
+from evalstream.supervisor import ChildProcess, python_module
+from evalstream.v1 import summary_pb2, verdict_pb2
+
+from .kafka_helpers import TopicReader
+from .otlp_receiver import OTLPReceiver, attribute
+from .pipeline_helpers import event_json
+
+pytestmark = pytest.mark.slow
+
+JUDGE_READY = r"evalstream-judge listening on (\S+)"
+
+
+@pytest.fixture(scope="module")
+def judge_tier0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    child = ChildProcess(
+        name="judge-tier0",
+        cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", "0"),
+        log_file=tmp_path_factory.mktemp("judge") / "judge.log",
+        ready=JUDGE_READY,
+    )
+    match = child.start(timeout=60)
+    assert match is not None
+    yield match.group(1)
+    assert child.stop() == 0, child.output()
+
+
+class Topics:
+    def __init__(self, unique: str) -> None:
+        self.events = f"events-{unique}"
+        self.verdicts = f"verdicts-{unique}"
+        self.summaries = f"summaries-{unique}"
+        self.dead = f"dead-{unique}"
+        self.audit = f"audit-{unique}"
+
+    def flags(self) -> list[str]:
+        return [
+            "--input-topic", self.events, "--verdicts-topic", self.verdicts,
+            "--summaries-topic", self.summaries, "--deadletter-topic", self.dead, "--audit-topic", self.audit,
+        ]  # fmt: skip
+
+    def create(self, bootstrap: str) -> None:
+        ensure_topics(
+            KafkaSettings(bootstrap=bootstrap),
+            {self.events: 4, self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1},
+        )
+
+
+def pipeline_process(
+    broker: EmbeddedBroker, judge: str, t: Topics, unique: str, log_dir: Path, *extra: str
+) -> ChildProcess:
+    return ChildProcess(
+        name="pipeline",
+        cmd=python_module(
+            "evalstream.pipelines",
+            "--bootstrap",
+            broker.bootstrap,
+            "--judges",
+            f"0={judge}",
+            "--group-id",
+            f"pipe-{unique}",
+            "--transactional-id",
+            f"tx-{unique}",
+            *t.flags(),
+            *extra,
+        ),
+        log_file=log_dir / "pipeline.log",
+        ready=r"pipeline consuming",
+    )
+
+
+def produce(
+    bootstrap: str, topic: str, values: list[bytes], *, headers: list[tuple[str, bytes]] | None = None
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 * 1024 * 1024)
+    for i, value in enumerate(values):
+        producer.send(topic, key=f"k{i}".encode(), value=value, headers=headers or [])
+    producer.flush()
+    producer.close()
+
+
+def test_pipeline_runs_continuously_and_accounts_for_every_event(
+    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path
+) -> None:
+    t = Topics(unique)
+    t.create(broker.bootstrap)
+    reader = TopicReader(broker.bootstrap, [t.verdicts, t.summaries, t.dead])
+    with OTLPReceiver() as otlp:
+        pipe = pipeline_process(broker, judge_tier0, t, unique, tmp_path)
+        pipe.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.endpoint
+        pipe.env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+        pipe.start(timeout=60)
+
+        now = datetime.now(UTC)
+        first = [event_json(f"a{i}-{unique}", when=now) for i in range(300)]
+        bad = [b"{oops", event_json(f"a0-{unique}", when=now)]  # malformed, and a duplicate of a0
+        produce(broker.bootstrap, t.events, first + bad)
+        reader.until(
+            lambda r: len(r[t.verdicts]) >= 300 and len(r[t.dead]) >= 2, timeout=60, what="first wave"
+        )
+
+        # A second wave, produced while the pipeline is running, is picked up within seconds.
+        started = time.monotonic()
+        second = [event_json(f"b{i}-{unique}", when=datetime.now(UTC)) for i in range(200)]
+        produce(broker.bootstrap, t.events, second)
+        reader.until(lambda r: len(r[t.verdicts]) >= 500, timeout=30, what="second wave")
+        pickup_s = time.monotonic() - started
+        assert pickup_s < 15, f"second wave took {pickup_s:.1f}s to be judged"
+
+        pipe.signal(signal.SIGTERM)
+        assert pipe.wait(30) == 0, pipe.output()
+        reader.settle()
+        spans = otlp.snapshot()
+
+    verdicts = [verdict_pb2.Verdict.FromString(m.value) for m in reader.records[t.verdicts]]
+    dead = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
+    summaries = [summary_pb2.Summary.FromString(m.value) for m in reader.records[t.summaries]]
+    reader.close()
+
+    ids = [v.event_id for v in verdicts]
+    assert len(ids) == len(set(ids)) == 500
+    assert sorted(d.error_type for d in dead) == ["duplicate_event_id", "invalid_json"]
+    assert {d.source_topic for d in dead} == {t.events}
+    totals = collections.Counter()
+    for s in summaries:
+        if s.dimension == "":
+            totals.update(events_in=s.events_in, unsampled=s.unsampled, judged=s.judged, dead=s.dead_lettered)
+    produced = len(first) + len(bad) + len(second)
+    assert totals["events_in"] == produced
+    assert totals["unsampled"] + totals["judged"] + totals["dead"] == produced
+    assert totals["judged"] == len(verdicts) and totals["dead"] == len(dead)
+    assert all({d.dimension for d in v.dimensions} == {"refusal", "format"} for v in verdicts)
+
+    # Tracing reached a real OTLP receiver: decode spans carry the event id, verdicts carry results.
+    decoded = {attribute(s, "evalstream.event_id") for s in spans if s.name == "evalstream.decode"}
+    assert f"a1-{unique}" in decoded and f"b1-{unique}" in decoded
+    results = [e for s in spans if s.name == "evalstream.verdict" for e in s.events]
+    assert any(e.name == "gen_ai.evaluation.result" for e in results)
+    assert any(s.name == "evalstream.judge" for s in spans)
+
+
+def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> None:
+    """With no judge answering, events are retried within the deadline, then dead-lettered with the
+    reason; once a judge is back, new events are judged again. The pipeline never stops."""
+    t = Topics(unique)
+    t.create(broker.bootstrap)
+
+    port = free_port()
+    reader = TopicReader(broker.bootstrap, [t.verdicts, t.dead])
+    pipe = pipeline_process(broker, f"127.0.0.1:{port}", t, unique, tmp_path, "--judge-deadline-s", "1.5")
+    pipe.start(timeout=60)
+    try:
+        produce(
+            broker.bootstrap,
+            t.events,
+            [event_json(f"d{i}-{unique}", when=datetime.now(UTC)) for i in range(20)],
+        )
+        reader.until(lambda r: len(r[t.dead]) >= 20, timeout=60, what="dead letters while the judge is down")
+        letters = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
+        assert {d.error_type for d in letters} == {"judge_unavailable"}
+        assert all(d.stage == "judge" and "UNAVAILABLE" in d.message for d in letters)
+
+        judge = ChildProcess(
+            name="judge-late",
+            cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", str(port)),
+            log_file=tmp_path / "judge.log",
+            ready=JUDGE_READY,
+        )
+        judge.start(timeout=60)
+        try:
+            produce(
+                broker.bootstrap,
+                t.events,
+                [event_json(f"e{i}-{unique}", when=datetime.now(UTC)) for i in range(20)],
+            )
+            reader.until(
+                lambda r: len(r[t.verdicts]) >= 20, timeout=60, what="verdicts after the judge is back"
+            )
+        finally:
+            judge.stop()
+        assert pipe.alive
+    finally:
+        pipe.stop()
+        reader.close()
