@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -304,16 +305,11 @@ def test_a_taken_port_is_a_clear_error() -> None:
 # --- registry and settings ----------------------------------------------------------------------
 
 
-def test_registry_builds_judges_by_name(tmp_path: Path) -> None:
+def test_registry_builds_judges_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = JudgeServerSettings()
     assert create_judge("rules", settings).name == "rules-v1"
-    os.environ[GATE_DIR_ENV] = str(tmp_path)
-    try:
-        assert isinstance(
-            create_judge("tests.test_judge_server:gated_judge_factory", settings), FileGatedJudge
-        )
-    finally:
-        del os.environ[GATE_DIR_ENV]
+    monkeypatch.setenv(GATE_DIR_ENV, str(tmp_path))
+    assert isinstance(create_judge("tests.test_judge_server:gated_judge_factory", settings), FileGatedJudge)
     with pytest.raises(UnknownJudgeError, match=r"expected one of \['rules'"):
         create_judge("encoderr", settings)
     with pytest.raises(UnknownJudgeError, match="cannot import"):
@@ -450,9 +446,21 @@ def test_sigterm_lets_the_in_flight_call_finish(spawn, connect, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_bad_configuration_exits_non_zero(spawn) -> None:
-    server = spawn("--judge", "no-such-judge", "--port", "0")
-    assert server.proc.wait(WAIT_S) == 2
-    assert "unknown judge 'no-such-judge'" in server.stderr.read_text()
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--judge", "no-such-judge"), "unknown judge 'no-such-judge'"),
+        (("--judge", "rules", "--max-batch", "0"), "max_batch"),
+        (("--judge", "rules", "--metrics-port", "taken"), "Address already in use"),
+    ],
+)
+def test_bad_configuration_exits_non_zero(spawn, args: tuple[str, ...], message: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        server = spawn(*(port if a == "taken" else a for a in args), "--port", "0")
+        assert server.proc.wait(WAIT_S) == 2
+    assert message in server.stderr.read_text()
     server.reader.join(WAIT_S)
     assert server.lines == []

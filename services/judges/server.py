@@ -417,18 +417,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    metrics_http = None
     try:
         settings = JudgeServerSettings(**_parse(argv))
         judge = create_judge(settings.name, settings)
         registry = CollectorRegistry()
         server, port = create_server(settings, judge, registry)
+        if settings.metrics_port is not None:
+            metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+            log.info("metrics on http://%s/metrics", _address(settings.host, metrics_http.server_port))
     except (ValidationError, UnknownJudgeError, ServerStartError, ValueError, OSError) as exc:
         log.error("judge server not started: %s", exc)
         return 2
-    metrics_http = None
-    if settings.metrics_port is not None:
-        metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        log.info("metrics on http://%s/metrics", _address(settings.host, metrics_http.server_port))
 
     stop = threading.Event()
 
