@@ -22,6 +22,7 @@ JudgeFactory = Callable[[JudgeServerSettings], Judge]
 JUDGES: Final[Mapping[str, str]] = MappingProxyType(
     {
         "rules": "evalstream.services.judges.rules:from_settings",
+        "llm": "evalstream.services.judges.llm:from_settings",
     }
 )
 
