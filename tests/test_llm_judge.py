@@ -318,7 +318,7 @@ def test_retries_stop_before_the_deadline_would_pass() -> None:
     assert out.error_type == "server_error" and "after 4 attempts" in out.error and "overloaded" in out.error
 
 
-def test_close_interrupts_a_backoff_sleep() -> None:
+def test_close_interrupts_a_backoff_sleep_and_ends_queued_calls() -> None:
     calls = threading.Event()
 
     def always_503(request: httpx.Request) -> httpx.Response:
@@ -326,21 +326,17 @@ def test_close_interrupts_a_backoff_sleep() -> None:
         return httpx.Response(503)
 
     policy = RetryPolicy(deadline_s=600, max_attempts=5, backoff_initial_s=300, backoff_max_s=300)
-    judge = LLMJudge(
-        LLMJudgeSettings(base_url="http://llm.invalid/v1"),
-        policy=policy,
-        transport=httpx.MockTransport(always_503),
-    )
+    settings = LLMJudgeSettings(base_url="http://llm.invalid/v1", max_concurrency=1)
+    judge = LLMJudge(settings, policy=policy, transport=httpx.MockTransport(always_503))
     result: list[ItemOutcome] = []
-    worker = threading.Thread(
-        target=lambda: result.extend(judge.judge_batch([item("x", "p", "r")], frozenset()))
-    )
+    batch = [item(str(i), "p", "r") for i in range(3)]
+    worker = threading.Thread(target=lambda: result.extend(judge.judge_batch(batch, frozenset({"refusal"}))))
     worker.start()
     wait_until(calls.is_set, timeout=10, what="first attempt")
     judge.close()
     worker.join(timeout=10)
     assert not worker.is_alive()
-    assert result[0].error_type == "closed"
+    assert [o.error_type for o in result] == ["closed"] * 3
 
 
 # ------------------------------------------------------------------------------------------ replay server

@@ -347,7 +347,7 @@ class _ChatClient:
         if key is not None:
             headers["authorization"] = f"Bearer {self._secret}"
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._where = httpx.URL(self._url).copy_with(query=None, fragment=None)
+        self._where = httpx.URL(self._url).copy_with(userinfo=b"", query=None, fragment=None)  # for messages
         self._policy = policy
         self._clock = clock
         self._closing = closing
@@ -358,6 +358,15 @@ class _ChatClient:
 
     def __repr__(self) -> str:
         return f"_ChatClient(url={str(self._where)!r})"
+
+    @property
+    def where(self) -> httpx.URL:
+        """The endpoint without credentials or query, for messages."""
+        return self._where
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._secret)
 
     def close(self) -> None:
         self._http.close()
@@ -370,13 +379,12 @@ class _ChatClient:
         policy = self._policy
         attempts = 0
 
+        backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+
         def wait(state: RetryCallState) -> float:
-            backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)(
-                state
-            )
             exc = state.outcome.exception() if state.outcome else None
             hint = exc.retry_after_s if isinstance(exc, LLMStatusError) else None
-            return max(backoff, hint or 0.0)
+            return max(backoff(state), hint or 0.0)
 
         def sleep(seconds: float) -> None:
             if self._closing.wait(seconds):
@@ -720,10 +728,8 @@ class LLMJudge:
     )
 
     def __repr__(self) -> str:
-        s = self._settings
-        return (
-            f"LLMJudge(name={self.name!r}, base_url={s.base_url!r}, api_key={'***' if s.api_key else None})"
-        )
+        key = "'***'" if self._client.has_key else None
+        return f"LLMJudge(name={self.name!r}, url={str(self._client.where)!r}, api_key={key})"
 
     @property
     def name(self) -> str:
@@ -743,9 +749,10 @@ class LLMJudge:
             return {**self._totals.counts, "cost_usd": self._totals.cost_usd}
 
     def close(self) -> None:
-        """Abandon backoff sleeps, wait for running calls, close connections."""
+        """Abandon backoff sleeps and queued calls (they end as ``closed`` outcomes), wait for running
+        attempts, close connections."""
         self._closing.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True)
         self._client.close()
 
     def __enter__(self) -> LLMJudge:
@@ -921,6 +928,8 @@ class LLMJudge:
         reply, one re-ask with more samples when the endpoint turns out to give no logprobs; all
         within one deadline."""
         s = self._settings
+        if self._closing.is_set():
+            raise LLMClosedError("the judge is closing; call not started")
         deadline = self._clock() + self._policy.deadline_s
         result = _CallResult(votes=[])
         reasks = 0
