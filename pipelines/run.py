@@ -190,6 +190,17 @@ class RunStats:
     unsampled: int = 0
     audits: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first batch began processing
+    last_batch_done_at: float | None = None  # ... and the last batch's transaction committed
+    beam_s: float = 0.0  # time spent inside the Beam pipeline
+    write_s: float = 0.0  # time spent producing outputs and committing
+
+    @property
+    def busy_rate(self) -> float:
+        """Events per second between the first batch's start and the last batch's commit."""
+        if self.first_batch_at is None or self.last_batch_done_at is None:
+            return 0.0
+        return self.events_in / max(self.last_batch_done_at - self.first_batch_at, 1e-9)
 
 
 class MicroBatchRunner:
@@ -305,6 +316,10 @@ class MicroBatchRunner:
                 )
             )
         batch_id = batch_identity(s.group_id, spans)
+        st = self.stats
+        began = time.monotonic()
+        if st.first_batch_at is None:
+            st.first_batch_at = began
         result = process_batch(
             records, self.config, now=self._now(), batch_id=batch_id, seen=self._shared_seen
         )
@@ -313,6 +328,7 @@ class MicroBatchRunner:
                 f"batch {batch_id} lost records: {len(records)} in, {result.unsampled} unsampled + "
                 f"{len(result.verdicts)} verdicts + {len(result.dead)} dead letters"
             )
+        beam_done = time.monotonic()
         offsets = {tp: OffsetAndMetadata(hi + 1, batch_id, -1) for tp, (_, hi) in spans.items()}
         if s.transactional:
             producer.begin_transaction()
@@ -331,7 +347,9 @@ class MicroBatchRunner:
             consumer.commit(offsets)
         self._seen.add_all(v.event_id for v in result.verdicts)
         self._seen.add_all(result.unsampled_ids)
-        st = self.stats
+        st.last_batch_done_at = time.monotonic()
+        st.beam_s += beam_done - began
+        st.write_s += st.last_batch_done_at - beam_done
         st.batches += 1
         st.events_in += len(records)
         st.verdicts += len(result.verdicts)
