@@ -350,6 +350,13 @@ class MicroBatchRunner:
         st.last_batch_done_at = time.monotonic()
         st.beam_s += beam_done - began
         st.write_s += st.last_batch_done_at - beam_done
+        log.debug(
+            "batch %s: %d records, beam %.3fs, write+commit %.3fs",
+            batch_id,
+            len(records),
+            beam_done - began,
+            st.last_batch_done_at - beam_done,
+        )
         st.batches += 1
         st.events_in += len(records)
         st.verdicts += len(result.verdicts)
