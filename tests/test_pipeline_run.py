@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 from evalstream.broker import EmbeddedBroker
 from evalstream.kafka_admin import ensure_topics
 from evalstream.procs import free_port
+from evalstream.replay import ReplayOptions, run_replay
 from evalstream.settings import KafkaSettings
 from evalstream.supervisor import ChildProcess, python_module
 from evalstream.v1 import summary_pb2, verdict_pb2
@@ -56,11 +57,11 @@ class Topics:
             "--summaries-topic", self.summaries, "--deadletter-topic", self.dead, "--audit-topic", self.audit,
         ]  # fmt: skip
 
-    def create(self, bootstrap: str) -> None:
-        ensure_topics(
-            KafkaSettings(bootstrap=bootstrap),
-            {self.events: 4, self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1},
-        )
+    def create(self, bootstrap: str, *, events: bool = True) -> None:
+        wanted = {self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1}
+        if events:
+            wanted[self.events] = 4
+        ensure_topics(KafkaSettings(bootstrap=bootstrap), wanted)
 
 
 def pipeline_process(
@@ -199,3 +200,76 @@ def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: s
     finally:
         pipe.stop()
         reader.close()
+
+
+def test_xstest_replay_with_malformed_events_balances_exactly(
+    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path
+) -> None:
+    """The issue's acceptance test: all XSTest v2 completions plus 5% malformed events, through the
+    real broker, pipeline process and judge process; in = unsampled + verdicts + dead letters."""
+    t = Topics(unique)
+    t.create(broker.bootstrap, events=False)  # replay creates the events topic, sized for oversized events
+    kafka = KafkaSettings(bootstrap=broker.bootstrap)
+    report = run_replay(
+        ReplayOptions(topic=t.events, malformed=0.05, seed=7, run_id=unique), kafka, show_progress=False
+    )
+    assert report.failed == {} or sum(report.failed.values()) == 0, report.first_error
+    assert report.total_sent >= 2250 and report.expected_dead_letters >= 0.04 * report.total_sent
+
+    sampling = tmp_path / "sampling.yaml"
+    sampling.write_text("default_rate: 0.7\n")  # some events are left unsampled, and counted
+    pipe = pipeline_process(
+        broker,
+        judge_tier0,
+        t,
+        unique,
+        tmp_path,
+        "--exit-when-idle-s",
+        "4",
+        "--sampling-config",
+        str(sampling),
+    )
+    pipe.start(timeout=60)
+    assert pipe.wait(300) == 0, pipe.output()[-3000:]
+
+    reader = TopicReader(broker.bootstrap, [t.verdicts, t.summaries, t.dead])
+    reader.until(lambda r: len(r[t.summaries]) > 0, timeout=30, what="summaries")
+    reader.settle(2.0)
+    verdicts = [verdict_pb2.Verdict.FromString(m.value) for m in reader.records[t.verdicts]]
+    dead = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
+    summaries = [summary_pb2.Summary.FromString(m.value) for m in reader.records[t.summaries]]
+    reader.close()
+
+    unsampled = sum(s.unsampled for s in summaries if s.dimension == "")
+    events_in = sum(s.events_in for s in summaries if s.dimension == "")
+    assert events_in == report.total_sent
+    assert unsampled + len(verdicts) + len(dead) == report.total_sent
+    assert len(dead) == report.expected_dead_letters
+    assert 0 < unsampled < report.good
+    ids = [v.event_id for v in verdicts]
+    assert len(ids) == len(set(ids)), "a verdict was written twice"
+    by_reason = collections.Counter(d.error_type for d in dead)
+    for kind, count in report.sent.items():
+        if kind.value != "good":
+            assert by_reason[EXPECTED_REASON[kind.value]] >= count, (kind, by_reason)
+    assert all(d.message and d.stage for d in dead)
+    assert {v.model for v in verdicts} == {
+        "gpt4",
+        "llama2new",
+        "llama2orig",
+        "mistralguard",
+        "mistralinstruct",
+    }
+
+
+EXPECTED_REASON = {
+    "invalid_json": "invalid_json",
+    "missing_field": "missing_field",
+    "wrong_type": "invalid_value",
+    "unknown_field": "unknown_field",
+    "oversized": "oversized",
+    "stale_event_time": "stale_event_time",
+    "future_event_time": "future_event_time",
+    "duplicate_event_id": "duplicate_event_id",
+    "protobuf_garbage": "invalid_protobuf",
+}
