@@ -31,19 +31,34 @@ DEFAULT_PARTITIONS: Mapping[str, int] = {
 }
 
 
+#: Topic configs set at creation. Events may be large: the broker must accept a several-MB event so
+#: the pipeline can dead-letter it as "oversized" instead of the producer failing.
+DEFAULT_CONFIGS: Mapping[str, Mapping[str, str]] = {
+    topics.EVENTS: {"max.message.bytes": str(8 * 1024 * 1024)}
+}
+
+
 class TopicSetupError(RuntimeError):
     """Topics could not be created."""
 
 
-def ensure_topics(kafka: KafkaSettings, wanted: Mapping[str, int] = DEFAULT_PARTITIONS) -> list[str]:
-    """Create each missing topic with its partition count; returns the names created."""
+def ensure_topics(
+    kafka: KafkaSettings,
+    wanted: Mapping[str, int] = DEFAULT_PARTITIONS,
+    configs: Mapping[str, Mapping[str, str]] = DEFAULT_CONFIGS,
+) -> list[str]:
+    """Create each missing topic with its partition count and configs; returns the names created."""
     try:
         admin = KafkaAdminClient(**kafka.client_kwargs())
     except KafkaError as exc:
         raise TopicSetupError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from exc
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        missing = [
+            NewTopic(name, n, 1, topic_configs=dict(configs.get(name, {})))
+            for name, n in wanted.items()
+            if name not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
                 admin.create_topics(missing)

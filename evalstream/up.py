@@ -113,6 +113,7 @@ class Stack:
             str(opts.replay_malformed),
             "--repeat",
             str(opts.replay_repeat),
+            "--no-progress",
         ]
         for model in opts.models:
             replay_args += ["--models", model]

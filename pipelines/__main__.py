@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
+from evalstream.logs import configure_logging
 from evalstream.pipelines.run import run
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    configure_logging()
     run(sys.argv[1:])
