@@ -10,6 +10,7 @@ import pytest
 
 from evalstream.broker import EmbeddedBroker
 from evalstream.datasets import DataNotFoundError, data_root
+from evalstream.supervisor import ChildProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,15 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     """One real noida-db broker for the whole test session; tests use unique topic names."""
     with EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker")) as b:
         yield b
+
+
+@pytest.fixture
+def children() -> Iterator[list[ChildProcess]]:
+    """Child processes a test starts; all are stopped at teardown, whether the test passed or not."""
+    started: list[ChildProcess] = []
+    yield started
+    for child in reversed(started):
+        child.stop(grace=10)
 
 
 @pytest.fixture

@@ -67,6 +67,7 @@ class Topics:
 def pipeline_process(
     broker: EmbeddedBroker, judge: str, t: Topics, unique: str, log_dir: Path, *extra: str
 ) -> ChildProcess:
+    """The pipeline as its own process (not started); register it in ``children`` for cleanup."""
     return ChildProcess(
         name="pipeline",
         cmd=python_module(
@@ -98,13 +99,14 @@ def produce(
 
 
 def test_pipeline_runs_continuously_and_accounts_for_every_event(
-    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path
+    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path, children: list[ChildProcess]
 ) -> None:
     t = Topics(unique)
     t.create(broker.bootstrap)
     reader = TopicReader(broker.bootstrap, [t.verdicts, t.summaries, t.dead])
     with OTLPReceiver() as otlp:
         pipe = pipeline_process(broker, judge_tier0, t, unique, tmp_path)
+        children.append(pipe)
         pipe.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.endpoint
         pipe.env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
         pipe.start(timeout=60)
@@ -157,7 +159,9 @@ def test_pipeline_runs_continuously_and_accounts_for_every_event(
     assert any(s.name == "evalstream.judge" for s in spans)
 
 
-def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> None:
+def test_judge_down_dead_letters_then_recovers(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, children: list[ChildProcess]
+) -> None:
     """With no judge answering, events are retried within the deadline, then dead-lettered with the
     reason; once a judge is back, new events are judged again. The pipeline never stops."""
     t = Topics(unique)
@@ -166,6 +170,7 @@ def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: s
     port = free_port()
     reader = TopicReader(broker.bootstrap, [t.verdicts, t.dead])
     pipe = pipeline_process(broker, f"127.0.0.1:{port}", t, unique, tmp_path, "--judge-deadline-s", "1.5")
+    children.append(pipe)
     pipe.start(timeout=60)
     try:
         produce(
@@ -184,6 +189,7 @@ def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: s
             log_file=tmp_path / "judge.log",
             ready=JUDGE_READY,
         )
+        children.append(judge)
         judge.start(timeout=60)
         try:
             produce(
@@ -203,7 +209,7 @@ def test_judge_down_dead_letters_then_recovers(broker: EmbeddedBroker, unique: s
 
 
 def test_xstest_replay_with_malformed_events_balances_exactly(
-    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path
+    broker: EmbeddedBroker, judge_tier0: str, unique: str, tmp_path: Path, children: list[ChildProcess]
 ) -> None:
     """The issue's acceptance test: all XSTest v2 completions plus 5% malformed events, through the
     real broker, pipeline process and judge process; in = unsampled + verdicts + dead letters."""
@@ -229,6 +235,7 @@ def test_xstest_replay_with_malformed_events_balances_exactly(
         "--sampling-config",
         str(sampling),
     )
+    children.append(pipe)
     pipe.start(timeout=60)
     assert pipe.wait(300) == 0, pipe.output()[-3000:]
 
