@@ -6,16 +6,21 @@ it. For each dimension the tiers are tried in order; a tier's judgement is accep
 confidence is at least the tier's threshold, otherwise the item escalates to the next tier. When the
 last tier is not confident either, the verdict carries the last tier's label with
 ``needs_audit = true`` and the item goes to the audit topic for humans.
+
+A threshold is a number in [0, 1], or ``.inf`` in YAML: "accept when confidence >= inf", never. The
+calibration writes ``.inf`` for a last tier it could not certify at any threshold, so that everything
+reaching it is audited rather than guessed.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["CascadeConfig", "DimensionCascade", "TierRule", "default_cascade"]
 
@@ -24,11 +29,31 @@ class TierRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tier: Annotated[int, Field(ge=0, le=9)]
-    threshold: Annotated[float, Field(ge=0.0, le=1.0)]
+    #: Accept the tier's verdict when its confidence >= threshold; in [0, 1], or inf for never.
+    threshold: float
     #: Empirical agreement with humans of the accepted items on the calibration split, if fitted.
     calibrated_agreement: float | None = None
-    #: Share of items this tier accepted on the calibration split, if fitted.
+    #: Share of items this tier accepted on the calibration split, if fitted (as a share of all
+    #: calibration items, so the tiers' shares add up to the cascade's coverage).
     calibrated_coverage: float | None = None
+    #: The judge that serves this tier when the thresholds were fitted (they hold for that judge only).
+    judge: str | None = None
+    #: Where that judge's confidence comes from (thresholds are on this scale).
+    confidence: str = ""
+    #: Clopper-Pearson upper bound on the accepted items' disagreement rate at the tier's share of delta.
+    calibrated_upper_bound: float | None = None
+    #: Calibration items that reached this tier.
+    calibrated_items: int | None = None
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if not (0.0 <= value <= 1.0 or value == math.inf):
+            raise ValueError(
+                "threshold must be in [0, 1] (accept when confidence >= threshold) or .inf (never), "
+                f"got {value}"
+            )
+        return value
 
 
 class DimensionCascade(BaseModel):
