@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from evalstream.calibration import calibrate_command
 from evalstream.replay import replay_command
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DE
 
 
 # --- command registrations (one line each; keep sorted) ---
+app.command("calibrate")(calibrate_command)
 
 
 @app.command(
