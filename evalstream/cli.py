@@ -12,6 +12,7 @@ import typer
 
 from evalstream.calibration import calibrate_command
 from evalstream.replay import replay_command
+from evalstream.report import report_command
 
 app = typer.Typer(
     name="evalstream",
@@ -46,6 +47,7 @@ def _pipeline(ctx: typer.Context) -> None:
 
 
 app.command("replay")(replay_command)
+app.command("report")(report_command)
 
 
 @app.command("up")
