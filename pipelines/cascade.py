@@ -17,11 +17,17 @@ The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wir
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
 
 from evalstream.cascade_config import CascadeConfig
@@ -203,8 +209,21 @@ def judge_batch(
 
 
 class _CascadeFn(beam.DoFn):
+    """Judges batches with up to ``in_flight`` of them waiting on judge servers at once.
+
+    Each batch's cascade runs on a small thread pool; gRPC waits release the GIL, so decoding and
+    summarising the next elements overlaps the judges' work in their own processes. Outputs of
+    finished batches are emitted from ``process`` as they complete, the rest in ``finish_bundle``,
+    each in the window and at the timestamp its batch came with.
+    """
+
     def __init__(
-        self, endpoints: dict[int, str], cascade: CascadeConfig, policy: RetryPolicy, now: datetime | None
+        self,
+        endpoints: dict[int, str],
+        cascade: CascadeConfig,
+        policy: RetryPolicy,
+        now: datetime | None,
+        in_flight: int,
     ) -> None:
         missing = [t for t in cascade.tiers if t not in endpoints]
         if missing:
@@ -212,10 +231,13 @@ class _CascadeFn(beam.DoFn):
                 f"cascade {cascade.version!r} uses tiers {missing} with no judge endpoint; "
                 f"configured endpoints: {sorted(endpoints)}"
             )
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
         self._endpoints = endpoints
         self._cascade = cascade
         self._policy = policy
         self._fixed_now = now
+        self._in_flight = in_flight
         self._clients: dict[int, JudgeClient] = {}
 
     def setup(self) -> None:
@@ -225,37 +247,66 @@ class _CascadeFn(beam.DoFn):
             for tier, target in self._endpoints.items()
             if tier in self._cascade.tiers
         }
+        self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="judge-cascade")
 
     def teardown(self) -> None:
         self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for client in self._clients.values():
             client.close()
 
-    def process(self, batch: list[SampledEvent]) -> Iterator[object]:
-        outcome = judge_batch(
+    def start_bundle(self) -> None:
+        self._pending: deque[tuple[Future[CascadeOutcome], Timestamp, BoundedWindow]] = deque()
+
+    def _judge(self, batch: list[SampledEvent]) -> CascadeOutcome:
+        return judge_batch(
             batch,
             cascade=self._cascade,
             call=lambda tier, request: self._clients[tier].judge(request),
             now=self._fixed_now or datetime.now(UTC),
         )
-        for verdict in outcome.verdicts:
-            with _tracer.start_as_current_span("evalstream.verdict") as span:
-                span.set_attribute("evalstream.event_id", verdict.event_id)
-                for dim in verdict.dimensions:
-                    span.add_event(
-                        "gen_ai.evaluation.result",
-                        {
-                            "gen_ai.evaluation.name": dim.dimension,
-                            "gen_ai.evaluation.score.label": dim.label,
-                            "gen_ai.evaluation.score.value": dim.score,
-                            "evalstream.judge.tier": dim.deciding_tier,
-                        },
-                    )
-            yield verdict
-        for letter in outcome.dead:
-            yield beam.pvalue.TaggedOutput(DEAD, letter)
-        for verdict in outcome.audits:
-            yield beam.pvalue.TaggedOutput(AUDIT, verdict)
+
+    def process(
+        self,
+        batch: list[SampledEvent],
+        timestamp: Any = beam.DoFn.TimestampParam,  # a Timestamp at run time
+        window: Any = beam.DoFn.WindowParam,  # a BoundedWindow at run time
+    ) -> Iterator[object]:
+        self._pending.append((self._pool.submit(self._judge, batch), timestamp, window))
+        while self._pending and (len(self._pending) > self._in_flight or self._pending[0][0].done()):
+            yield from self._emit_oldest()
+
+    def finish_bundle(self) -> Iterator[object]:
+        while self._pending:
+            yield from self._emit_oldest()
+
+    def _emit_oldest(self) -> Iterator[object]:
+        future, ts, win = self._pending.popleft()
+        for tag, value in _outputs(future.result()):
+            windowed = WindowedValue(value, ts, (win,))
+            yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
+
+
+def _outputs(outcome: CascadeOutcome) -> Iterator[tuple[str | None, object]]:
+    """(tag, value) of one judged batch (tag None: main output); a trace event per verdict dimension."""
+    for verdict in outcome.verdicts:
+        with _tracer.start_as_current_span("evalstream.verdict") as span:
+            span.set_attribute("evalstream.event_id", verdict.event_id)
+            for dim in verdict.dimensions:
+                span.add_event(
+                    "gen_ai.evaluation.result",
+                    {
+                        "gen_ai.evaluation.name": dim.dimension,
+                        "gen_ai.evaluation.score.label": dim.label,
+                        "gen_ai.evaluation.score.value": dim.score,
+                        "evalstream.judge.tier": dim.deciding_tier,
+                    },
+                )
+        yield None, verdict
+    for letter in outcome.dead:
+        yield DEAD, letter
+    for verdict in outcome.audits:
+        yield AUDIT, verdict
 
 
 class JudgeCascade(beam.PTransform):
@@ -269,9 +320,10 @@ class JudgeCascade(beam.PTransform):
         policy: RetryPolicy,
         now: datetime | None = None,
         batch_size: int = 256,
+        in_flight: int = 2,
     ) -> None:
         super().__init__()
-        self._fn = _CascadeFn(endpoints, cascade, policy, now)
+        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight)
         self._batch_size = batch_size
 
     def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
