@@ -9,6 +9,7 @@ and where its log is, stops the rest and exits non-zero.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -19,15 +20,17 @@ from rich.console import Console
 from rich.table import Table
 
 from evalstream.broker import EmbeddedBroker
+from evalstream.dimensions import Tier
 from evalstream.kafka_admin import ensure_topics
 from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.supervisor import ChildProcess, ChildStartError, python_module
 
 __all__ = ["Stack", "StackOptions", "up"]
 
 log = logging.getLogger(__name__)
 
 JUDGE_READY = r"evalstream-judge listening on (\S+)"
+_JUDGE_NAMES: dict[int, str] = {Tier.RULES: "rules", Tier.ENCODER: "encoder", Tier.LLM: "llm"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,9 +41,12 @@ class StackOptions:
     replay_malformed: float = 0.02
     replay_repeat: int = 1000  # effectively "keep going"
     models: tuple[str, ...] = ()
-    cascade_config: Path | None = None
+    cascade_config: Path | None = None  # None: calibrate on XSTest against the running tiers
     sampling_config: Path | None = None
     fresh: bool = True  # wipe the broker's data first (it keeps everything in one JSON file)
+    tiers: tuple[int, ...] = (Tier.RULES, Tier.ENCODER, Tier.LLM)
+    alpha: float = 0.15  # calibration target: agreement with humans >= 1 - alpha ...
+    delta: float = 0.1  # ... with probability >= 1 - delta
 
 
 @dataclass(kw_only=True)
@@ -63,13 +69,12 @@ class Stack:
     def start(self) -> None:
         opts = self.options
         opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         if opts.bootstrap is None:
             data = opts.state_dir / "broker"
             if opts.fresh and data.exists():
-                for path in sorted(data.rglob("*"), reverse=True):
-                    path.unlink() if path.is_file() else path.rmdir()
+                shutil.rmtree(data)
             self.broker = EmbeddedBroker(data_dir=data, log_file=self.logs / "broker.log")
-            self.logs.mkdir(parents=True, exist_ok=True)
             self.broker.start()
             bootstrap = self.broker.bootstrap
             self.where["broker (noida-db, Kafka protocol)"] = bootstrap
@@ -79,15 +84,8 @@ class Stack:
         kafka = KafkaSettings(bootstrap=bootstrap)
         ensure_topics(kafka)
 
-        judge = self._child(
-            "judge-tier0",
-            python_module("evalstream.services.judges.server", "--judge", "rules", "--port", "0"),
-            JUDGE_READY,
-        )
-        match = judge.start()
-        assert match is not None
-        judges = {0: match.group(1)}
-        self.where["judge tier 0 (rules, gRPC)"] = judges[0]
+        judges = self._start_judges()
+        cascade = opts.cascade_config or self._calibrate(judges)
 
         pipeline_args = [
             "--bootstrap",
@@ -95,8 +93,7 @@ class Stack:
             "--judges",
             ",".join(f"{t}={a}" for t, a in judges.items()),
         ]
-        if opts.cascade_config:
-            pipeline_args += ["--cascade-config", str(opts.cascade_config)]
+        pipeline_args += ["--cascade-config", str(cascade)]
         if opts.sampling_config:
             pipeline_args += ["--sampling-config", str(opts.sampling_config)]
         pipeline = self._child(
@@ -121,6 +118,86 @@ class Stack:
         replay.env["EVALSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
         replay.start()
         self.where["traffic replay (XSTest v2)"] = f"{opts.replay_rate:g} events/s, log {replay.log_file}"
+
+    def _start_judges(self) -> dict[int, str]:
+        """Judge servers for the chosen tiers (and what they need: the replay LLM server, the
+        encoder artefact); returns tier -> gRPC address."""
+        opts = self.options
+        judges: dict[int, str] = {}
+        for tier in sorted(opts.tiers):
+            env: dict[str, str] = {}
+            if tier == Tier.ENCODER:
+                env["EVALSTREAM_ENCODER_MODEL_DIR"] = str(self._encoder_artefact())
+            elif tier == Tier.LLM:
+                llm = self._child(
+                    "llm-replay",
+                    python_module("evalstream.services.llm_replay", "--port", "0"),
+                    r"evalstream-llm-replay listening on (\S+)",
+                )
+                match = llm.start()
+                assert match is not None
+                self.where["LLM endpoint (replay of recorded GPT-4 verdicts)"] = match.group(1)
+                env["EVALSTREAM_LLM_BASE_URL"] = match.group(1) + "/v1"
+            name = _JUDGE_NAMES[tier]
+            child = self._child(
+                f"judge-tier{tier}",
+                python_module("evalstream.services.judges.server", "--judge", name, "--port", "0"),
+                JUDGE_READY,
+            )
+            child.env.update(env)
+            match = child.start(timeout=180)
+            assert match is not None
+            judges[tier] = match.group(1)
+            self.where[f"judge tier {tier} ({name}, gRPC)"] = judges[tier]
+        return judges
+
+    def _encoder_artefact(self) -> Path:
+        artefact = self.options.state_dir / "encoder"
+        if (artefact / "metadata.json").is_file():
+            return artefact
+        self.console.print(
+            "training the tier-1 encoder judge on XSTest and rubric scores (once, about a minute) ..."
+        )
+        train = self._child(
+            "encoder-train",
+            python_module("evalstream.services.judges.encoder_train", "--out", str(artefact), "--force"),
+        )
+        train.start()
+        code = train.wait(900)
+        self.children.remove(train)
+        if code != 0:
+            raise ChildStartError(f"encoder training failed (exit {code}); log: {train.log_file}")
+        return artefact
+
+    def _calibrate(self, judges: dict[int, str]) -> Path:
+        """Ask every tier about the labelled XSTest items and fit the cascade thresholds on them."""
+        from evalstream.collect import calibrate_live, collect_xstest, write_tables
+        from evalstream.pipelines.judge_client import JudgeClient, RetryPolicy
+
+        opts = self.options
+        policy = RetryPolicy(deadline_s=120.0, attempt_timeout_s=120.0)
+        clients = {t: JudgeClient(a, tier=t, policy=policy) for t, a in judges.items()}
+        try:
+            with self.console.status("calibrating the cascade on XSTest human labels ..."):
+                data = collect_xstest(sorted(judges), lambda t, request: clients[t].judge(request))
+                result = calibrate_live(data, alpha=opts.alpha, delta=opts.delta)
+        finally:
+            for client in clients.values():
+                client.close()
+        out = opts.state_dir / "calibration"
+        write_tables(data, out)
+        path = out / "cascade.yaml"
+        result.config.dump(path)
+        rules = "; ".join(
+            f"{dim}: " + ", ".join(f"tier {r.tier} >= {r.threshold:.3g}" for r in spec.tiers)
+            for dim, spec in result.config.dimensions.items()
+        )
+        agreement = "n/a" if result.test_agreement is None else f"{result.test_agreement:.3f}"
+        self.where["cascade (calibrated)"] = (
+            f"{path}: {rules}; held-out agreement {agreement} at coverage {result.test_coverage:.2f} "
+            f"(target >= {1 - opts.alpha:.2f})"
+        )
+        return path
 
     def describe(self) -> Table:
         table = Table(title="evalstream is up", show_lines=False)
