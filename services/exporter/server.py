@@ -127,6 +127,7 @@ class Exporter:
         self._state_file = StateFile(path=settings.state_file)
         self._positions: dict[Partition, int] = {}
         self._consumer: KafkaConsumer | None = None
+        self._admin: KafkaAdminClient | None = None
         self.core: ExporterCore | None = None
         self.plan: ResumePlan | None = None
         self.metrics = ShellMetrics(registry)
@@ -254,11 +255,9 @@ class Exporter:
         ]
         if not partitions:
             return 0
-        admin = KafkaAdminClient(**self._kafka.client_kwargs())
-        try:
-            committed = admin.list_consumer_group_offsets(s.pipeline_group, partitions=partitions)
-        finally:
-            admin.close()
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self._kafka.client_kwargs())
+        committed = self._admin.list_group_offsets({s.pipeline_group: partitions}).get(s.pipeline_group, {})
         ends = consumer.end_offsets(partitions)
         starts = consumer.beginning_offsets(partitions)
         total = 0
@@ -286,6 +285,9 @@ class Exporter:
             log.error("last commit failed; the state file holds the totals and offsets")
 
     def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
             self._consumer = None
