@@ -413,30 +413,35 @@ def read_back(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) 
 def test_replay_into_the_broker(broker: EmbeddedBroker, records: list[XSTestRecord], unique: str) -> None:
     topic = f"replay-{unique}"
     options = ReplayOptions(topic=topic, limit=200, seed=4, run_id=unique, malformed=0.05)
-    report = run_replay(options, KafkaSettings(bootstrap=broker.bootstrap), show_progress=False)
-    assert not report.failed, report.first_error
-    assert report.total_sent == 200 and report.expected_dead_letters == 10
-    # 10 bad inputs over 9 kinds: each kind at least once (a duplicate only once something good went out)
-    assert set(report.sent) >= {EventKind.GOOD, *MALFORMED_KINDS} - {EventKind.DUPLICATE_EVENT_ID}
+    try:
+        report = run_replay(options, KafkaSettings(bootstrap=broker.bootstrap), show_progress=False)
+        assert not report.failed, report.first_error
+        assert report.total_sent == 200 and report.expected_dead_letters == 10
+        # 10 bad inputs over 9 kinds: each kind at least once (a duplicate only once something good went out)
+        assert set(report.sent) >= {EventKind.GOOD, *MALFORMED_KINDS} - {EventKind.DUPLICATE_EVENT_ID}
 
-    got = read_back(broker.bootstrap, topic, report.total_sent)
-    assert len(got) == report.total_sent
-    assert {m.partition for m in got} == {0, 1, 2, 3}
-    valid = 0
-    for message in got:
-        (content_type,) = [v.decode() for k, v in message.headers if k == topics.CONTENT_TYPE_HEADER]
-        assert message.key
-        if content_type == topics.CONTENT_TYPE_JSON and len(message.value) < PIPELINE_MAX_EVENT_BYTES:
-            try:
-                event = LLMEventIn.model_validate_json(message.value)
-            except ValidationError:
-                continue
-            valid += abs(event.event_time - datetime.now(UTC)) < FAR / 2
-    ids = Counter(m.key for m in got)
-    duplicates = sum(n - 1 for n in ids.values())
-    assert duplicates == report.sent.get(EventKind.DUPLICATE_EVENT_ID, 0)
-    assert valid - duplicates == report.good
-    assert max(len(m.value) for m in got) > OVERSIZED_RESPONSE_BYTES
+        got = read_back(broker.bootstrap, topic, report.total_sent)
+        assert len(got) == report.total_sent
+        assert {m.partition for m in got} == {0, 1, 2, 3}
+        valid = 0
+        for message in got:
+            (content_type,) = [v.decode() for k, v in message.headers if k == topics.CONTENT_TYPE_HEADER]
+            assert message.key
+            if content_type == topics.CONTENT_TYPE_JSON and len(message.value) < PIPELINE_MAX_EVENT_BYTES:
+                try:
+                    event = LLMEventIn.model_validate_json(message.value)
+                except ValidationError:
+                    continue
+                valid += abs(event.event_time - datetime.now(UTC)) < FAR / 2
+        ids = Counter(m.key for m in got)
+        duplicates = sum(n - 1 for n in ids.values())
+        assert duplicates == report.sent.get(EventKind.DUPLICATE_EVENT_ID, 0)
+        assert valid - duplicates == report.good
+        assert max(len(m.value) for m in got) > OVERSIZED_RESPONSE_BYTES
+    finally:  # several MB of oversized events: keep the session broker's state file small
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        admin.delete_topics([topic])
+        admin.close()
 
 
 def test_replay_refuses_a_topic_too_small_for_oversized_events(broker: EmbeddedBroker, unique: str) -> None:
