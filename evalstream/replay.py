@@ -78,10 +78,16 @@ from evalstream.datasets import XSTEST_DATASET, XSTEST_MODELS, XSTestRecord, rea
 from evalstream.settings import KafkaSettings
 
 __all__ = [
+    "DEAD_LETTER_REASON",
     "FAR",
+    "KAFKA_DEFAULT_MAX_MESSAGE_BYTES",
     "MALFORMED_KINDS",
     "MAX_RECORD_BYTES",
     "OVERSIZED_RESPONSE_BYTES",
+    "REQUIRED_FIELDS",
+    "UNKNOWN_FIELDS",
+    "WRONG_TYPES",
+    "Done",
     "Encoding",
     "EventKind",
     "KafkaSink",
@@ -93,6 +99,7 @@ __all__ = [
     "ReplayReport",
     "Slot",
     "build_event",
+    "duplicate",
     "encode_slot",
     "estimate_tokens",
     "event_id_for",
@@ -102,6 +109,7 @@ __all__ = [
     "publish",
     "replay_command",
     "run_replay",
+    "summary_table",
 ]
 
 log = logging.getLogger(__name__)
