@@ -20,6 +20,7 @@ transaction. This keeps I/O here, works with any local runner mode, and costs ~1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -192,6 +193,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     first_batch_at: float | None = None  # monotonic time the first batch began processing
     last_batch_done_at: float | None = None  # ... and the last batch's transaction committed
+    retries: int = 0  # batches whose write failed and were read again
     beam_s: float = 0.0  # time spent inside the Beam pipeline
     write_s: float = 0.0  # time spent producing outputs and committing
 
@@ -253,9 +255,16 @@ class MicroBatchRunner:
         )
 
     def _producer(self) -> KafkaProducer:
+        """A new producer. Each gets a fresh transactional id (prefix + random suffix): noida-db keeps
+        aborted transactions per producer id and then hides that producer's later commits from
+        read_committed readers (docs/kafka.md), so an id is never reused after an abort. Fencing of a
+        stale pipeline instance still holds through the consumer group metadata sent with the
+        offsets (KIP-447)."""
         s = self._settings
         extra: dict[str, Any] = (
-            {"transactional_id": s.transactional_id} if s.transactional else {"acks": "all"}
+            {"transactional_id": f"{s.transactional_id}-{uuid.uuid4().hex[:8]}"}
+            if s.transactional
+            else {"acks": "all"}
         )
         producer = KafkaProducer(
             max_request_size=MAX_REQUEST_BYTES, linger_ms=5, **extra, **self._kafka.client_kwargs()
@@ -330,21 +339,25 @@ class MicroBatchRunner:
             )
         beam_done = time.monotonic()
         offsets = {tp: OffsetAndMetadata(hi + 1, batch_id, -1) for tp, (_, hi) in spans.items()}
-        if s.transactional:
-            producer.begin_transaction()
-            try:
+        try:
+            if s.transactional:
+                producer.begin_transaction()
+                try:
+                    self._write(producer, result)
+                    producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+                    producer.commit_transaction()
+                except KafkaError:
+                    with contextlib.suppress(KafkaError):
+                        producer.abort_transaction()
+                    raise
+            else:
                 self._write(producer, result)
-                producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-                producer.commit_transaction()
-            except KafkaError:
-                producer.abort_transaction()
-                for tp, (lo, _) in spans.items():
-                    consumer.seek(tp, lo)
-                raise
-        else:
-            self._write(producer, result)
-            producer.flush()
-            consumer.commit(offsets)
+                producer.flush()
+                consumer.commit(offsets)
+        except KafkaError:
+            for tp, (lo, _) in spans.items():  # read the batch again
+                consumer.seek(tp, lo)
+            raise
         self._seen.add_all(v.event_id for v in result.verdicts)
         self._seen.add_all(result.unsampled_ids)
         st.last_batch_done_at = time.monotonic()
@@ -369,6 +382,7 @@ class MicroBatchRunner:
         s = self._settings
         consumer = self._consumer()
         producer = self._producer()
+        backoff = 0.5
         idle_since = time.monotonic()
         last_log = time.monotonic()
         log.info(
@@ -383,7 +397,25 @@ class MicroBatchRunner:
                 messages = self._poll_batch(consumer)
                 now = time.monotonic()
                 if messages:
-                    self.run_batch(consumer, producer, messages)
+                    try:
+                        self.run_batch(consumer, producer, messages)
+                        backoff = 0.5
+                    except KafkaError as exc:
+                        self.stats.retries += 1
+                        log.warning(
+                            "writing a batch of %d records failed (%s: %s); nothing of it is visible, "
+                            "retrying from the batch start in %.1fs with a new producer",
+                            len(messages),
+                            type(exc).__name__,
+                            exc,
+                            backoff,
+                        )
+                        with contextlib.suppress(KafkaError):
+                            producer.close(timeout=5)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        producer = self._producer()
+                        continue
                     idle_since = now
                 elif s.exit_when_idle_s and now - idle_since >= s.exit_when_idle_s:
                     log.info("no new events for %.1fs: exiting", s.exit_when_idle_s)

@@ -59,8 +59,8 @@ class PipelineSettings(BaseSettings):
     dedupe_window: Annotated[int, Field(ge=1)] = 200_000
     #: Write outputs and commit offsets in one Kafka transaction (exactly once). Off: at least once.
     transactional: bool = True
-    #: Transactional id prefix; one pipeline process per id.
-    transactional_id: str = "evalstream-pipeline-0"
+    #: Transactional id prefix; each producer adds a random suffix (see run.py, docs/kafka.md).
+    transactional_id: str = "evalstream-pipeline"
     #: Exit once no new records arrive for this many seconds (0: run forever).
     exit_when_idle_s: Annotated[float, Field(ge=0)] = 0.0
 
