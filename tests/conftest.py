@@ -10,7 +10,7 @@ import pytest
 
 from evalstream.broker import EmbeddedBroker
 from evalstream.datasets import DataNotFoundError, data_root
-from evalstream.supervisor import ChildProcess
+from evalstream.supervisor import ChildProcess, python_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     """One real noida-db broker for the whole test session; tests use unique topic names."""
     with EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker")) as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def encoder_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tier-1 encoder artefact trained once per test session (about a minute), in its own process."""
+    out = tmp_path_factory.mktemp("encoder") / "artefact"
+    train = ChildProcess(
+        name="encoder-train",
+        cmd=python_module("evalstream.services.judges.encoder_train", "--out", str(out)),
+        log_file=out.parent / "train.log",
+    )
+    train.start()
+    try:
+        code = train.wait(900)
+    finally:
+        train.stop()
+    assert code == 0, train.output()[-3000:]
+    return out
 
 
 @pytest.fixture
