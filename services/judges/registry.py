@@ -23,6 +23,7 @@ JUDGES: Final[Mapping[str, str]] = MappingProxyType(
     {
         "rules": "evalstream.services.judges.rules:from_settings",
         "llm": "evalstream.services.judges.llm:from_settings",
+        "encoder": "evalstream.services.judges.encoder:from_settings",
     }
 )
 
