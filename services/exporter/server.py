@@ -13,7 +13,9 @@ published value has gone past. It reads with ``isolation_level=read_committed``:
 writes in transactions, so each record appears once and aborted ones never.
 
 Run one exporter per consumer group; shard by giving each exporter its own topics and group. The
-state file is the offset store; the group's committed offsets are a copy.
+state file is the offset store; the group's committed offsets are a copy. The exporter joins as a
+static member (``instance_id``), so a restart gets its partitions back at once, and a second
+exporter started with the same group and instance id fences the first rather than sharing.
 
 Exceptions: ``ExporterError`` when Kafka cannot be reached; ``StateError`` for an unusable state file.
 """
@@ -142,6 +144,9 @@ class Exporter:
         try:
             consumer = KafkaConsumer(
                 group_id=s.group_id,
+                # Static membership: a restarted exporter takes its partitions back at once instead
+                # of waiting for the group to expire the member it was before it died.
+                group_instance_id=s.instance_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 isolation_level="read_committed",
@@ -316,6 +321,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], str | None]:
     parser.add_argument("--verdicts-topic")
     parser.add_argument("--summaries-topic")
     parser.add_argument("--group-id", help="consumer group; one exporter per group")
+    parser.add_argument("--instance-id", help="static group membership id (default exporter-0)")
     parser.add_argument("--state-file", help="totals + offsets, saved together")
     parser.add_argument("--metrics-host", help="address of /metrics (default 127.0.0.1)")
     parser.add_argument(

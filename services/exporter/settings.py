@@ -9,6 +9,7 @@ the default. Kafka itself is reached through ``evalstream.settings.KafkaSettings
 ``EVALSTREAM_EXPORTER_SUMMARIES_TOPIC``  topic of Summary partials (default ``evalstream.summaries``)
 ``EVALSTREAM_EXPORTER_GROUP_ID``         consumer group (default ``evalstream-exporter``); run one
                                          exporter per group
+``EVALSTREAM_EXPORTER_INSTANCE_ID``     static group membership id (default ``exporter-0``)
 ``EVALSTREAM_EXPORTER_STATE_FILE``       totals + offsets, saved together (default
                                          ``.evalstream/exporter/state.json``)
 ``EVALSTREAM_EXPORTER_METRICS_HOST``     address of ``/metrics`` (default ``127.0.0.1``)
@@ -53,6 +54,8 @@ class ExporterSettings(BaseSettings):
     verdicts_topic: Annotated[str, Field(min_length=1)] = topics.VERDICTS
     summaries_topic: Annotated[str, Field(min_length=1)] = topics.SUMMARIES
     group_id: Annotated[str, Field(min_length=1)] = "evalstream-exporter"
+    #: Static membership (KIP-345): a restart with the same id takes the partitions back at once.
+    instance_id: Annotated[str, Field(min_length=1)] = "exporter-0"
     state_file: Path = Path(".evalstream/exporter/state.json")
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
