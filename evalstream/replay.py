@@ -44,6 +44,7 @@ import logging
 import math
 import random
 import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -689,6 +690,10 @@ def summary_table(report: ReplayReport) -> Table:
     return table
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def replay_command(
     topic: Annotated[str, typer.Option(help="Kafka topic to publish to.")] = topics.EVENTS,
     models: Annotated[
@@ -736,11 +741,15 @@ def replay_command(
         data_dir=data_dir,
         run_id=run_id or secrets.token_hex(4),
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: what was sent is flushed
     try:
         report = run_replay(options, kafka, console=Console(stderr=True), show_progress=progress)
     except (ReplayError, ValueError, OSError) as exc:
         console.print(f"[red]replay failed:[/] {exc}")
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        console.print("replay stopped; records sent so far were flushed")
+        raise typer.Exit(0) from None
     console.print(summary_table(report))
     if report.failed:
         console.print(
