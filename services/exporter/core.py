@@ -172,11 +172,13 @@ class ExporterCore:
             self.folder = LabelFolder(budget, state["labels"])
         self.collector = TotalsCollector(SPECS)
         registry.register(self.collector)
-        self._label_cache: dict[tuple[LabelName, str], str] = {}
+        self._kept = {name: self.folder.kept(name) for name in LabelName}
 
     # --- labels ---------------------------------------------------------------------------------
 
     def _label(self, name: LabelName, raw: str) -> str:
+        if raw in self._kept[name]:  # the common case, without a call
+            return raw
         value, folded = self.folder.value(name, raw)
         if folded:
             self.totals.inc(FOLDED, (str(name),))
@@ -220,21 +222,29 @@ class ExporterCore:
         t.inc(FORCED, m, float(verdict.forced))
         if verdict.HasField("event_time") and verdict.HasField("judged_at"):
             t.observe(LAG, (), max(_seconds(verdict.judged_at) - _seconds(verdict.event_time), 0.0))
+        # The per-dimension loop is the exporter's hot path: series dicts are bound once, not looked
+        # up per increment (Totals.inc does the same, with a call per increment).
+        v = t.values
+        labels, decisions, calls, escalations = v[LABELS], v[DECISIONS], v[CALLS], v[ESCALATIONS]
+        audits, input_tokens, output_tokens, usd = v[AUDITS], v[INPUT_TOKENS], v[OUTPUT_TOKENS], v[COST]
         for dim in verdict.dimensions:
             d = self._label(LabelName.DIMENSION, dim.dimension)
             md = (*m, d)
             tier = self._label(LabelName.TIER, str(dim.deciding_tier))
             mdt = (*md, tier)
-            t.inc(LABELS, (*md, self._label(LabelName.LABEL, dim.label)))
-            t.inc(DECISIONS, mdt)
-            for tried in dim.tiers_tried:
-                t.inc(CALLS, (*md, self._label(LabelName.TIER, str(tried))))
-            t.inc(ESCALATIONS, md, max(len(dim.tiers_tried) - 1, 0))
-            t.inc(AUDITS, md, float(dim.needs_audit))
+            key = (*md, self._label(LabelName.LABEL, dim.label))
+            labels[key] = labels.get(key, 0.0) + 1.0
+            decisions[mdt] = decisions.get(mdt, 0.0) + 1.0
+            tried = dim.tiers_tried
+            for tier_tried in tried:
+                key = (*md, self._label(LabelName.TIER, str(tier_tried)))
+                calls[key] = calls.get(key, 0.0) + 1.0
+            escalations[md] = escalations.get(md, 0.0) + max(len(tried) - 1, 0)
+            audits[md] = audits.get(md, 0.0) + dim.needs_audit
             cost = dim.cost
-            t.inc(INPUT_TOKENS, mdt, cost.input_tokens)
-            t.inc(OUTPUT_TOKENS, mdt, cost.output_tokens)
-            t.inc(COST, mdt, cost.usd)
+            input_tokens[mdt] = input_tokens.get(mdt, 0.0) + cost.input_tokens
+            output_tokens[mdt] = output_tokens.get(mdt, 0.0) + cost.output_tokens
+            usd[mdt] = usd.get(mdt, 0.0) + cost.usd
             t.observe(JUDGE_LATENCY, (d, tier), cost.latency_ms / 1000.0)
             if dim.dimension == Dimension.QUALITY:
                 t.observe(QUALITY, m, dim.score)

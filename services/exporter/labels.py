@@ -86,12 +86,18 @@ class LabelFolder:
         # dicts keep admission order, so the persisted state is stable and readable.
         self._admitted: dict[LabelName, dict[str, None]] = {name: {} for name in LabelName}
         for name, values in (admitted or {}).items():
-            self._admitted[LabelName(name)] = dict.fromkeys(values)
+            allow = budget.allow.get(LabelName(name))
+            # A value admitted before an allow-list was set is dropped from then on.
+            self._admitted[LabelName(name)] = dict.fromkeys(v for v in values if allow is None or v in allow)
         self._caps = {name: budget.cap(name) for name in LabelName}
 
     @property
     def budget(self) -> LabelBudget:
         return self._budget
+
+    def kept(self, name: LabelName) -> Mapping[str, None]:
+        """The values admitted so far for ``name`` (live; callers use it as a fast path)."""
+        return self._admitted[name]
 
     def value(self, name: LabelName, raw: str) -> tuple[str, bool]:
         """The value to use for ``raw`` and whether it was folded into ``other``."""

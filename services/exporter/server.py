@@ -14,8 +14,8 @@ writes in transactions, so each record appears once and aborted ones never.
 
 Run one exporter per consumer group; shard by giving each exporter its own topics and group. The
 state file is the offset store; the group's committed offsets are a copy. The exporter joins as a
-static member (``instance_id``), so a restart gets its partitions back at once, and a second
-exporter started with the same group and instance id fences the first rather than sharing.
+static member (``instance_id``), so a restart gets its partitions back at once (on Kafka, a second
+exporter with the same group and instance id is fenced rather than sharing them).
 
 Exceptions: ``ExporterError`` when Kafka cannot be reached; ``StateError`` for an unusable state file.
 """
