@@ -191,6 +191,29 @@ def test_allow_list_keeps_only_listed_values_and_long_values_fold():
     assert _value(reg, "evalstream_exporter_label_values_folded_total", label_name="model") == 1
 
 
+def test_a_new_allow_list_drops_values_admitted_before_it():
+    core, _ = _core()
+    core.apply_verdict(_verdict(route="search"))
+    state = core.state()
+    again = ExporterCore(
+        CollectorRegistry(), LabelBudget(allow={LabelName.ROUTE: frozenset({"chat"})}), state=state
+    )
+    again.apply_verdict(_verdict(route="search"))
+    again.publish()
+    reg = again.collector.published
+    assert reg.get("evalstream_verdicts_total", ("m1", "v1", "search")) == 1  # restored, not added to
+    assert reg.get("evalstream_verdicts_total", ("m1", "v1", "other")) == 1
+
+
+def test_last_record_timestamps_start_at_zero_so_a_silent_start_is_visible():
+    core, reg = _core()
+    core.publish()
+    assert (
+        reg.get_sample_value("evalstream_exporter_last_record_timestamp_seconds", {"stream": "summaries"})
+        == 0
+    )
+
+
 def test_scrapes_see_only_published_totals():
     core, reg = _core()
     core.apply_verdict(_verdict())

@@ -173,6 +173,8 @@ class ExporterCore:
         self.collector = TotalsCollector(SPECS)
         registry.register(self.collector)
         self._kept = {name: self.folder.kept(name) for name in LabelName}
+        for stream in Stream:  # "never" until a record comes: lets a stall alert fire on a silent start
+            self.totals.values[LAST_RECORD].setdefault((stream.value,), 0.0)
 
     # --- labels ---------------------------------------------------------------------------------
 
