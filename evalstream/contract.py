@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evalstream.v1 import events_pb2
 
-__all__ = ["FeedbackIn", "LLMEventIn", "MessageIn", "TokenCountsIn", "to_proto"]
+__all__ = [
+    "FeedbackIn",
+    "LLMEventIn",
+    "MessageIn",
+    "TokenCountsIn",
+    "WireValueError",
+    "from_proto",
+    "to_proto",
+]
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -66,7 +74,21 @@ class LLMEventIn(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("event_time needs a timezone, e.g. 2024-05-01T12:00:00Z")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is past year 9999 in UTC
+            raise ValueError(
+                f"event_time {value.isoformat()} is outside the years 1-9999 once converted to UTC"
+            ) from None
+
+
+class WireValueError(ValueError):
+    """A protobuf event holds a value the contract cannot represent: an enum number it does not
+    define, or a ``Timestamp`` outside 0001-01-01..9999-12-31. ``field`` names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field {field!r} is wrong: {message}")
+        self.field = field
 
 
 _FEEDBACK = {
@@ -100,12 +122,27 @@ def to_proto(event: LLMEventIn) -> events_pb2.LLMEvent:
     return msg
 
 
+_FEEDBACK_IN = {v: k for k, v in _FEEDBACK.items()}
+
+
 def from_proto(msg: events_pb2.LLMEvent) -> LLMEventIn:
-    """Convert a wire message back to the JSON model (replay's protobuf mode, tests)."""
-    feedback = {v: k for k, v in _FEEDBACK.items()}[msg.feedback]
+    """Convert a wire message back to the JSON model (decoding, replay's protobuf mode, tests).
+
+    Raises ``pydantic.ValidationError`` for values the model rejects and ``WireValueError`` for wire
+    values it cannot even be given (proto3 keeps unknown enum numbers; a Timestamp can be out of range).
+    """
+    if msg.feedback not in _FEEDBACK_IN:
+        raise WireValueError(
+            "feedback",
+            f"{msg.feedback} is not a Feedback number (expected one of {sorted(_FEEDBACK_IN)})",
+        )
+    try:
+        when = msg.event_time.ToDatetime(tzinfo=UTC)
+    except ValueError as exc:
+        raise WireValueError("event_time", str(exc)) from None
     return LLMEventIn(
         event_id=msg.event_id,
-        event_time=msg.event_time.ToDatetime(tzinfo=UTC),
+        event_time=when,
         model=msg.model,
         model_version=msg.model_version,
         route=msg.route,
@@ -116,7 +153,7 @@ def from_proto(msg: events_pb2.LLMEvent) -> LLMEventIn:
         tokens=TokenCountsIn(prompt=msg.tokens.prompt, completion=msg.tokens.completion),
         latency_ms=msg.latency_ms,
         reference_answer=msg.reference_answer if msg.HasField("reference_answer") else None,
-        feedback=feedback,
+        feedback=_FEEDBACK_IN[msg.feedback],
         labels=dict(msg.labels),
     )
 

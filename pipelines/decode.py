@@ -26,7 +26,7 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from evalstream import topics
-from evalstream.contract import LLMEventIn, from_proto, to_proto
+from evalstream.contract import LLMEventIn, WireValueError, from_proto, to_proto
 from evalstream.pipelines.records import DeadReason, Decoded, KafkaRecord, Stage, dead_letter
 from evalstream.v1 import events_pb2, verdict_pb2
 
@@ -105,6 +105,8 @@ def decode_record(
             return dead(DeadReason.INVALID_JSON, f"not valid JSON: {exc.errors()[0]['msg']}")
         reason, message = _schema_reason(exc)
         return dead(reason, message)
+    except WireValueError as exc:  # an unknown enum number or an out-of-range Timestamp
+        return dead(DeadReason.INVALID_VALUE, str(exc))
     except UnicodeDecodeError as exc:
         return dead(DeadReason.INVALID_PROTOBUF, f"not an evalstream.v1.LLMEvent: {exc}")
 
