@@ -30,11 +30,14 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     └── LLMClosedError                closed              no    the judge is shutting down
 
 The API key is a ``SecretStr``: it is sent as a bearer token and never logged, put in a message or
-shown in a repr; every message this module builds is scrubbed of it as well.
+shown in a repr. An endpoint may echo it back (in an error body, a malformed reply, a verdict's
+rationale), verbatim, percent-encoded or in base64: every exception message, log line, rationale and
+outcome this module builds from what an endpoint sent is scrubbed of those forms (``_secret_forms``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -48,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from urllib.parse import quote, quote_plus
 
 import httpx
 from pydantic import Field, SecretStr
@@ -294,8 +298,8 @@ def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
     return tuple(out)
 
 
-def _chat_reply(body: Any, attempts: int) -> ChatReply:
-    """Unpack a chat-completion body; LLMProtocolError when it is not one."""
+def _chat_reply(body: Any, attempts: int, scrub: Callable[[str], str]) -> ChatReply:
+    """Unpack a chat-completion body; LLMProtocolError (its message scrubbed) when it is not one."""
     try:
         choices = tuple(
             Choice(
@@ -315,7 +319,22 @@ def _chat_reply(body: Any, attempts: int) -> ChatReply:
             attempts=attempts,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise LLMProtocolError(f"reply is not a chat completion ({type(exc).__name__}: {exc})") from None
+        raise LLMProtocolError(
+            scrub(f"reply is not a chat completion ({type(exc).__name__}: {exc})")
+        ) from None
+
+
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    """The key as an endpoint might echo it: verbatim, percent-encoded, or base64 (standard or URL-safe,
+    padded or not, of the key or of its ``Bearer`` header value); longest first."""
+    if not secret:
+        return ()
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    for data in (secret.encode(), f"Bearer {secret}".encode()):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(data).decode()
+            forms |= {text, text.rstrip("=")}
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 class _StopBeforeDeadline(stop_base):
@@ -343,6 +362,7 @@ class _ChatClient:
     ) -> None:
         key = settings.resolve_api_key()
         self._secret = key.get_secret_value() if key is not None else ""
+        self._secret_forms = _secret_forms(self._secret)
         headers = {**settings.extra_headers}
         if key is not None:
             headers["authorization"] = f"Bearer {self._secret}"
@@ -372,7 +392,10 @@ class _ChatClient:
         self._http.close()
 
     def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        """``text`` with every form of the key (``_secret_forms``) replaced by ``***``."""
+        for form in self._secret_forms:
+            text = text.replace(form, "***")
+        return text
 
     def complete(self, body: dict[str, Any], *, deadline: float, on_retry: Callable[[], None]) -> ChatReply:
         """POST one chat completion, retrying retryable failures until ``deadline`` (clock time)."""
@@ -416,7 +439,7 @@ class _ChatClient:
                             f"deadline passed before attempt {attempts} to {self._where}"
                         )
                     payload = self._attempt(body, min(policy.attempt_timeout_s, left))
-                    return _chat_reply(payload, attempts)
+                    return _chat_reply(payload, attempts, self.scrub)
         except LLMError as exc:
             exc.attempts = attempts
             raise
@@ -878,7 +901,7 @@ class LLMJudge:
             label=decision.label,
             score=decision.score,
             confidence=decision.confidence,
-            rationale=decision.rationale[:_MESSAGE_EXCERPT],
+            rationale=self._client.scrub(decision.rationale)[:_MESSAGE_EXCERPT],
             input_tokens=prompt_tokens,
             output_tokens=completion_tokens,
             cost_usd=cost,
@@ -973,12 +996,13 @@ class LLMJudge:
             if votes:
                 result.votes = votes
                 return result
-            problem, raw = problems[0]
+            first, raw = problems[0]
+            problem = self._client.scrub(str(first))  # the reply's own text, which may echo the key
             if reasks >= self._policy.reasks:
                 raise LLMUnparseableReply(
                     f"model {call.model} replied {len(problems)}x outside the verdict schema "
                     f"after {reasks + 1} asks: {problem}",
-                    raw=raw,
+                    raw=self._client.scrub(raw),
                 )
             if self._clock() >= deadline:
                 raise LLMDeadlineExceeded(f"deadline passed before re-asking model {call.model}: {problem}")
