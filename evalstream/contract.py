@@ -64,7 +64,7 @@ class LLMEventIn(BaseModel):
     response: str
     finish_reason: Annotated[str, Field(max_length=64)] = "stop"
     tokens: TokenCountsIn = TokenCountsIn()
-    latency_ms: Annotated[float, Field(ge=0)] = 0.0
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     reference_answer: str | None = None
     feedback: FeedbackIn | None = None
     labels: dict[str, str] = Field(default_factory=dict)
