@@ -1,7 +1,9 @@
 """``evalstream up``: the whole stack on one machine, started in order and stopped in reverse.
 
-Broker (unless ``--bootstrap`` points at a running Kafka), judge servers, pipeline and a traffic
-replay, each its own process with its own log under the state directory. Prints where each part is
+Broker (unless ``--bootstrap`` points at a running Kafka), the replay LLM server, judge servers
+(tier 0 rules, tier 1 encoder, tier 2 LLM), a cascade calibrated against them on XSTest human
+labels, the pipeline, the exporter, Prometheus with the alert rules, and a traffic replay, each its
+own process with its own log under the state directory. Prints where each part is
 and how to stop it; Ctrl-C (or SIGTERM) stops everything cleanly. If any part dies, ``up`` says which
 and where its log is, stops the rest and exits non-zero.
 """
@@ -9,6 +11,7 @@ and where its log is, stops the rest and exits non-zero.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import threading
@@ -22,6 +25,8 @@ from rich.table import Table
 from evalstream.broker import EmbeddedBroker
 from evalstream.dimensions import Tier
 from evalstream.kafka_admin import ensure_topics
+from evalstream.procs import wait_until
+from evalstream.prometheus import PrometheusServer
 from evalstream.settings import KafkaSettings
 from evalstream.supervisor import ChildProcess, ChildStartError, python_module
 
@@ -45,6 +50,7 @@ class StackOptions:
     sampling_config: Path | None = None
     fresh: bool = True  # wipe the broker's data first (it keeps everything in one JSON file)
     tiers: tuple[int, ...] = (Tier.RULES, Tier.ENCODER, Tier.LLM)
+    scrape_interval_s: float = 5.0
     alpha: float = 0.15  # calibration target: agreement with humans >= 1 - alpha ...
     delta: float = 0.1  # ... with probability >= 1 - delta
 
@@ -56,6 +62,8 @@ class Stack:
     broker: EmbeddedBroker | None = None
     children: list[ChildProcess] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)
+    judge_metrics: dict[int, str] = field(default_factory=dict)
+    prometheus: PrometheusServer | None = None
 
     @property
     def logs(self) -> Path:
@@ -102,6 +110,36 @@ class Stack:
         pipeline.start()
         self.where["pipeline (Beam micro-batches)"] = f"log {pipeline.log_file}"
 
+        exporter = self._child(
+            "exporter",
+            python_module(
+                "evalstream.services.exporter",
+                "--bootstrap",
+                bootstrap,
+                "--metrics-port",
+                "0",
+                "--state-file",
+                str(opts.state_dir / "exporter" / "state.json"),
+            ),
+            r"evalstream-exporter metrics on http://(\S+)/metrics",
+        )
+        match = exporter.start()
+        assert match is not None
+        self.where["exporter /metrics"] = f"http://{match.group(1)}/metrics"
+        self.prometheus = PrometheusServer(
+            targets={
+                "evalstream-exporter": [match.group(1)],
+                "evalstream-judges": list(self.judge_metrics.values()),
+            },
+            data_dir=opts.state_dir / "prometheus",
+            scrape_interval_s=opts.scrape_interval_s,
+            evaluation_interval_s=opts.scrape_interval_s,
+        )
+        self.prometheus.start()
+        self.where["Prometheus (rules and alerts loaded)"] = (
+            f"{self.prometheus.url}  (alerts: {self.prometheus.url}/alerts)"
+        )
+
         replay_args = [
             "replay",
             "--rate",
@@ -141,13 +179,16 @@ class Stack:
             name = _JUDGE_NAMES[tier]
             child = self._child(
                 f"judge-tier{tier}",
-                python_module("evalstream.services.judges.server", "--judge", name, "--port", "0"),
+                python_module(
+                    "evalstream.services.judges.server", "--judge", name, "--port", "0", "--metrics-port", "0"
+                ),
                 JUDGE_READY,
             )
             child.env.update(env)
             match = child.start(timeout=180)
             assert match is not None
             judges[tier] = match.group(1)
+            self.judge_metrics[tier] = _metrics_address(child)
             self.where[f"judge tier {tier} ({name}, gRPC)"] = judges[tier]
         return judges
 
@@ -215,11 +256,24 @@ class Stack:
         return None
 
     def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for child in reversed(self.children):
             code = child.stop()
             log.info("stopped %s (exit %s)", child.name, code)
         if self.broker is not None:
             self.broker.stop()
+
+
+_METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
+
+
+def _metrics_address(child: ChildProcess) -> str:
+    """The judge server logs its /metrics address once it serves it."""
+    wait_until(lambda: bool(_METRICS_LINE.search(child.output())), timeout=30, what=f"{child.name} metrics")
+    found = _METRICS_LINE.search(child.output())
+    assert found is not None
+    return found.group(1)
 
 
 def up(
