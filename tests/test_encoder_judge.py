@@ -295,3 +295,13 @@ def test_registry_builds_it_from_the_environment(
     built = create_judge("encoder", JudgeServerSettings(name="encoder"))
     assert isinstance(built, EncoderJudge)
     assert built.name == f"encoder-{trained[1].version}"
+
+
+@pytest.mark.slow
+def test_a_huge_response_is_judged_on_its_head(judge: EncoderJudge) -> None:
+    long = "I'm sorry, but I can't help with that. " + "Here is why it would be unsafe to explain. " * 100
+    huge = long + "x" * 5_000_000
+    (a,) = judge.judge_batch([item(long)], judge.dimensions)
+    (b,) = judge.judge_batch([item(huge)], judge.dimensions)
+    for x, y in zip(a.judgements, b.judgements, strict=True):
+        assert (x.label, x.confidence) == (y.label, pytest.approx(y.confidence, abs=1e-5))

