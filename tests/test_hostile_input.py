@@ -385,7 +385,7 @@ def m_huge_string(draw: st.DrawFn, doc: dict[str, Any]) -> tuple[str, Expect]:
         n = draw(st.integers(1, (LIMITS.max_event_bytes + 8192) // len(unit.encode())))
         doc[name] = value = unit * n
         raw = json.dumps(doc, ensure_ascii=False)  # this encoding, so the size is known here
-        size = len(raw.encode())
+        size = len(raw.encode("utf-8", "surrogatepass"))  # an earlier mutation may add a lone surrogate
         doc.clear()
         doc["__raw__"] = raw
         return f"{name} of {n} x {unit!r} ({size} bytes)", (
@@ -563,7 +563,7 @@ MUTATIONS = {
 
 def _document_bytes(doc: dict[str, Any], ascii_only: bool) -> bytes:
     if "__raw__" in doc:
-        return str(doc["__raw__"]).encode()
+        return str(doc["__raw__"]).encode("utf-8", "surrogatepass")
     return dumps(doc, ascii_only=ascii_only)
 
 

@@ -705,6 +705,8 @@ def test_the_api_key_never_reaches_logs_errors_or_reprs(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    for chatty in ("httpx", "httpcore"):  # another test may have quietened them (configure_logging)
+        caplog.set_level(logging.DEBUG, logger=chatty)
     wrong = "sk-wrong-" + API_KEY[::-1]
     with make_judge(replay, api_key=wrong) as judge:
         (denied,) = judge.judge_batch([refusal_item[0]], frozenset({"refusal"}))
