@@ -125,8 +125,8 @@ class JudgeClient:
 
         retrying = Retrying(
             stop=stop_before_delay(policy.deadline_s),
-            wait=wait_exponential_jitter(
-                initial=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
+            wait=wait_exponential_jitter(  # ``multiplier`` is tenacity 9.2's name for the first backoff
+                multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
             ),
             retry=retry_if_exception(retryable),
             sleep=self._sleep,
