@@ -2,10 +2,10 @@
 
 Broker (unless ``--bootstrap`` points at a running Kafka), the replay LLM server, judge servers
 (tier 0 rules, tier 1 encoder, tier 2 LLM), a cascade calibrated against them on XSTest human
-labels, the pipeline, the exporter, Prometheus with the alert rules, and a traffic replay, each its
-own process with its own log under the state directory. Prints where each part is
-and how to stop it; Ctrl-C (or SIGTERM) stops everything cleanly. If any part dies, ``up`` says which
-and where its log is, stops the rest and exits non-zero.
+labels, the pipeline, the exporter, Alertmanager (where installed), Prometheus with the alert rules
+sending to it, and a traffic replay, each its own process with its own log under the state
+directory. Prints where each part is and how to stop it; Ctrl-C (or SIGTERM) stops everything
+cleanly. If any part dies, ``up`` says which and where its log is, stops the rest and exits non-zero.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from evalstream.alertmanager import AlertmanagerServer, find_binary
 from evalstream.broker import EmbeddedBroker
 from evalstream.dimensions import Tier
 from evalstream.kafka_admin import ensure_topics
@@ -64,6 +65,7 @@ class Stack:
     where: dict[str, str] = field(default_factory=dict)
     judge_metrics: dict[int, str] = field(default_factory=dict)
     prometheus: PrometheusServer | None = None
+    alertmanager: AlertmanagerServer | None = None
 
     @property
     def logs(self) -> Path:
@@ -126,6 +128,7 @@ class Stack:
         match = exporter.start()
         assert match is not None
         self.where["exporter /metrics"] = f"http://{match.group(1)}/metrics"
+        alertmanagers = self._start_alertmanager()
         self.prometheus = PrometheusServer(
             targets={
                 "evalstream-exporter": [match.group(1)],
@@ -134,6 +137,7 @@ class Stack:
             data_dir=opts.state_dir / "prometheus",
             scrape_interval_s=opts.scrape_interval_s,
             evaluation_interval_s=opts.scrape_interval_s,
+            alertmanagers=alertmanagers,
         )
         self.prometheus.start()
         self.where["Prometheus (rules and alerts loaded)"] = (
@@ -156,6 +160,21 @@ class Stack:
         replay.env["EVALSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
         replay.start()
         self.where["traffic replay (XSTest v2)"] = f"{opts.replay_rate:g} events/s, log {replay.log_file}"
+
+    def _start_alertmanager(self) -> list[str]:
+        """Alertmanager with a receiver that only keeps the alerts (nothing is sent anywhere), where
+        Debian's prometheus-alertmanager is installed; returns the addresses for Prometheus."""
+        if find_binary() is None:
+            self.where["Alertmanager"] = "not installed (apt-get install prometheus-alertmanager)"
+            return []
+        self.alertmanager = AlertmanagerServer(
+            data_dir=self.options.state_dir / "alertmanager", group_wait_s=10.0
+        )
+        self.alertmanager.start()
+        self.where["Alertmanager (alerts from Prometheus)"] = (
+            f"{self.alertmanager.url}  (API: {self.alertmanager.url}/api/v2/alerts)"
+        )
+        return [self.alertmanager.address]
 
     def _start_judges(self) -> dict[int, str]:
         """Judge servers for the chosen tiers (and what they need: the replay LLM server, the
@@ -258,6 +277,8 @@ class Stack:
     def stop(self) -> None:
         if self.prometheus is not None:
             self.prometheus.stop()
+        if self.alertmanager is not None:
+            self.alertmanager.stop()
         for child in reversed(self.children):
             code = child.stop()
             log.info("stopped %s (exit %s)", child.name, code)
