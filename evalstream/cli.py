@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from evalstream.calibration import calibrate_command
+from evalstream.labels import label_command
 from evalstream.logs import configure_logging
 from evalstream.replay import replay_command
 from evalstream.report import report_command
@@ -42,6 +43,7 @@ def _pipeline(ctx: typer.Context) -> None:
     run(ctx.args)
 
 
+app.command("label")(label_command)
 app.command("replay")(replay_command)
 app.command("report")(report_command)
 

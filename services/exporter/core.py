@@ -10,10 +10,15 @@ What comes from where (the contract with the pipeline):
   reason, duplicates, response characters. ``events_in = unsampled + judged + dead_lettered``.
   "Sampled" is judged plus judge-stage dead letters (reasons named ``judge_*``): a sampled event
   ends as a verdict or as a judge failure.
-- dimension-level ``Summary``: its counts duplicate the verdicts' and are ignored (score sketches,
-  for drift, are a later change).
+- dimension-level ``Summary``: its counts duplicate the verdicts' and are ignored; its score
+  sketch and refusal label counts feed drift.
 - ``Verdict``: labels per dimension, the quality score, deciding tier and tiers tried (calls and
-  escalations), audits, tokens, cost and judge latency, and the lag from event to verdict.
+  escalations), audits, tokens, cost and judge latency, and the lag from event to verdict; each
+  verdict also waits in the judge-agreement join for human labels.
+- human label (``evalstream.labels``, JSON): joined to its verdict by event id (``agreement.py``).
+
+Drift (``drift.py``) and judge agreement (``agreement.py``) keep their own state, saved with the
+totals; their gauges are recomputed at ``publish``, from state that is saved by then.
 
 A ``DimensionVerdict``'s cost is the sum over all tiers tried; the proto does not split it, so tokens,
 cost and latency are attributed to the deciding tier (the only tier that spends tokens in a cascade
@@ -31,8 +36,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
 from evalstream.dimensions import Dimension
+from evalstream.labels import LabelRecordError, decode_label
 from evalstream.v1 import summary_pb2, verdict_pb2
 
+from . import agreement as agreement_
+from . import drift as drift_
+from .agreement import AgreementConfig, AgreementTracker, VerdictDimension
+from .drift import DriftConfig, DriftTracker
 from .labels import LabelBudget, LabelFolder, LabelName
 from .totals import Kind, MetricSpec, Totals, TotalsCollector
 
@@ -47,11 +57,12 @@ class Stream(StrEnum):
 
     VERDICTS = "verdicts"
     SUMMARIES = "summaries"
+    LABELS = "labels"
 
 
 class Outcome(StrEnum):
     APPLIED = "applied"
-    IGNORED = "ignored"  # a dimension-level summary: its counts come from verdicts
+    IGNORED = "ignored"  # a dimension-level summary (counts come from verdicts); another annotator's label
     UNDECODABLE = "undecodable"
 
 
@@ -142,6 +153,8 @@ SPECS: Final = (
     _spec(
         LAST_RECORD, "Kafka timestamp of the newest record consumed, by stream.", ("stream",), kind=Kind.GAUGE
     ),
+    *drift_.SPECS,
+    *agreement_.SPECS,
 )
 
 
@@ -161,8 +174,11 @@ class ExporterCore:
         budget: LabelBudget | None = None,
         *,
         state: Mapping[str, Any] | None = None,
+        drift: DriftConfig | None = None,
+        agreement: AgreementConfig | None = None,
     ) -> None:
-        """``state`` is what ``state()`` returned before a restart (totals and admitted labels)."""
+        """``state`` is what ``state()`` returned before a restart (totals, admitted labels, drift
+        windows and the agreement join; states saved before drift and agreement existed lack those)."""
         budget = budget or LabelBudget()
         if state is None:
             self.totals = Totals(SPECS)
@@ -173,8 +189,13 @@ class ExporterCore:
         self.collector = TotalsCollector(SPECS)
         registry.register(self.collector)
         self._kept = {name: self.folder.kept(name) for name in LabelName}
-        for stream in Stream:  # "never" until a record comes: lets a stall alert fire on a silent start
+        # "never" until a record comes: lets a stall alert fire on a silent start (labels are sporadic)
+        for stream in (Stream.VERDICTS, Stream.SUMMARIES):
             self.totals.values[LAST_RECORD].setdefault((stream.value,), 0.0)
+        self.drift = DriftTracker(drift or DriftConfig(), self.totals, (state or {}).get("drift"))
+        self.agreement = AgreementTracker(
+            agreement or AgreementConfig(), self.totals, self._label, (state or {}).get("agreement")
+        )
 
     # --- labels ---------------------------------------------------------------------------------
 
@@ -195,11 +216,14 @@ class ExporterCore:
 
     # --- records --------------------------------------------------------------------------------
 
-    def apply_summary(self, summary: summary_pb2.Summary) -> Outcome:
-        if summary.dimension:
-            return Outcome.IGNORED
+    def apply_summary(self, summary: summary_pb2.Summary, *, record_s: float = 0.0) -> Outcome:
+        """``record_s``: the Kafka time of the record (caps the drift clock; 0 when unknown)."""
         t = self.totals
         m = self._model_labels(summary.model, summary.model_version, summary.route)
+        dimension = self._label(LabelName.DIMENSION, summary.dimension) if summary.dimension else ""
+        self.drift.add_summary(m[0], m[2], dimension, summary, record_s)
+        if summary.dimension:
+            return Outcome.IGNORED
         t.inc(EVENTS, m, summary.events_in)
         t.inc(UNSAMPLED, m, summary.unsampled)
         t.inc(JUDGED, m, summary.judged)
@@ -217,7 +241,8 @@ class ExporterCore:
         t.inc(SAMPLED, m, summary.judged + judge_failures)
         return Outcome.APPLIED
 
-    def apply_verdict(self, verdict: verdict_pb2.Verdict) -> Outcome:
+    def apply_verdict(self, verdict: verdict_pb2.Verdict, *, record_s: float = 0.0) -> Outcome:
+        """``record_s``: the Kafka time of the record (the join's clock; 0: use ``judged_at``)."""
         t = self.totals
         m = self._model_labels(verdict.model, verdict.model_version, verdict.route)
         t.inc(VERDICTS, m)
@@ -229,6 +254,7 @@ class ExporterCore:
         v = t.values
         labels, decisions, calls, escalations = v[LABELS], v[DECISIONS], v[CALLS], v[ESCALATIONS]
         audits, input_tokens, output_tokens, usd = v[AUDITS], v[INPUT_TOKENS], v[OUTPUT_TOKENS], v[COST]
+        joined: list[VerdictDimension] = []
         for dim in verdict.dimensions:
             d = self._label(LabelName.DIMENSION, dim.dimension)
             md = (*m, d)
@@ -250,16 +276,28 @@ class ExporterCore:
             t.observe(JUDGE_LATENCY, (d, tier), cost.latency_ms / 1000.0)
             if dim.dimension == Dimension.QUALITY:
                 t.observe(QUALITY, m, dim.score)
+            joined.append(
+                VerdictDimension(dimension=dim.dimension, tier=tier, label=dim.label, audited=dim.needs_audit)
+            )
+        self.agreement.add_verdict(verdict.event_id, joined, record_s or _seconds(verdict.judged_at))
         return Outcome.APPLIED
+
+    def apply_label(self, value: bytes | None, *, record_s: float) -> Outcome:
+        """One ``evalstream.labels`` record; raises ``LabelRecordError`` when it is not a label."""
+        label = decode_label(value)
+        return Outcome.APPLIED if self.agreement.add_label(label, record_s) else Outcome.IGNORED
 
     def apply_bytes(self, stream: Stream, value: bytes | None, timestamp_ms: int) -> Outcome:
         """Decode one record's value and apply it; an undecodable record is counted and skipped."""
+        record_s = timestamp_ms / 1000.0 if timestamp_ms > 0 else 0.0
         try:
             if stream is Stream.VERDICTS:
-                outcome = self.apply_verdict(verdict_pb2.Verdict.FromString(value or b""))
+                outcome = self.apply_verdict(verdict_pb2.Verdict.FromString(value or b""), record_s=record_s)
+            elif stream is Stream.SUMMARIES:
+                outcome = self.apply_summary(summary_pb2.Summary.FromString(value or b""), record_s=record_s)
             else:
-                outcome = self.apply_summary(summary_pb2.Summary.FromString(value or b""))
-        except DecodeError:
+                outcome = self.apply_label(value, record_s=record_s)
+        except (DecodeError, LabelRecordError):
             outcome = Outcome.UNDECODABLE
         self.totals.inc(RECORDS, (stream.value, outcome.value))
         if timestamp_ms > 0:
@@ -272,10 +310,18 @@ class ExporterCore:
 
     def publish(self) -> None:
         """Let scrapes see everything applied so far (call only once it is safely persisted)."""
+        self.drift.publish()
+        self.agreement.publish()
         for name, count in self.folder.counts().items():
             self.totals.set(ADMITTED, (name,), count)
         self.collector.publish(self.totals.copy())
 
     def state(self) -> dict[str, Any]:
-        """Everything a restart needs to continue exactly: totals and admitted label values."""
-        return {"totals": self.totals.to_json(), "labels": self.folder.admitted()}
+        """Everything a restart needs to continue exactly: totals, admitted label values, drift
+        windows and the agreement join."""
+        return {
+            "totals": self.totals.to_json(),
+            "labels": self.folder.admitted(),
+            "drift": self.drift.state(),
+            "agreement": self.agreement.state(),
+        }

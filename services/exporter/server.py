@@ -126,6 +126,8 @@ class Exporter:
         self._clock = clock
         self._monotonic = monotonic
         self._streams = {settings.verdicts_topic: Stream.VERDICTS, settings.summaries_topic: Stream.SUMMARIES}
+        if settings.labels_topic:
+            self._streams[settings.labels_topic] = Stream.LABELS
         self._state_file = StateFile(path=settings.state_file)
         self._positions: dict[Partition, int] = {}
         self._consumer: KafkaConsumer | None = None
@@ -167,7 +169,13 @@ class Exporter:
             log.error("%s", plan.reason)
         else:
             log.info("%s", plan.reason)
-        self.core = ExporterCore(self._registry, s.budget(), state=plan.core)
+        self.core = ExporterCore(
+            self._registry,
+            s.budget(),
+            state=plan.core,
+            drift=s.drift_config(),
+            agreement=s.agreement_config(),
+        )
         self.core.publish()  # restored totals were saved and committed before: safe to serve
         self.metrics.series.set(self.core.collector.published.series_count())
         self._positions = dict(plan.offsets)
@@ -334,6 +342,18 @@ def _parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], str | None]:
     )
     parser.add_argument("--pipeline-group", help="the pipeline's consumer group ('' to skip its lag)")
     parser.add_argument("--events-topic", help="the pipeline's input topic")
+    parser.add_argument("--labels-topic", help="human labels for judge agreement ('' to skip)")
+    parser.add_argument("--truth-annotator", dest="agreement_truth_annotator", help="whose labels count")
+    parser.add_argument("--agreement-ttl", dest="agreement_ttl_s", type=float, help="seconds a side waits")
+    parser.add_argument("--drift-reference", choices=["trailing", "pinned"], help="drift reference window")
+    parser.add_argument("--drift-current", dest="drift_current_s", type=int, help="current window, seconds")
+    parser.add_argument("--drift-bucket", dest="drift_bucket_s", type=int, help="its buckets, seconds")
+    parser.add_argument(
+        "--drift-reference-window", dest="drift_reference_s", type=int, help="reference length, seconds"
+    )
+    parser.add_argument(
+        "--drift-reference-bucket", dest="drift_reference_bucket_s", type=int, help="its buckets, seconds"
+    )
     parser.add_argument("--label-cap", action="append", metavar="NAME=N", help="most values of a label name")
     parser.add_argument(
         "--allow-label", action="append", metavar="NAME=VALUE", help="keep only listed values"
@@ -385,6 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.group_id,
         plan.reason,
         {str(n): settings.budget().cap(n) for n in LabelName},
+    )
+    log.info(
+        "human labels from %s (truth annotator %s); drift %s",
+        settings.labels_topic or "nowhere",
+        settings.agreement_truth_annotator,
+        settings.drift_config(),
     )
     sys.stdout.write(READY_LINE.format(address=address) + "\n")
     sys.stdout.flush()

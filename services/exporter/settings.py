@@ -25,6 +25,24 @@ the default. Kafka itself is reached through ``evalstream.settings.KafkaSettings
                                          ``{"model": 50}`` (others keep their defaults)
 ``EVALSTREAM_EXPORTER_LABEL_ALLOW``      JSON object, label name -> the only values kept, e.g.
                                          ``{"route": ["chat", "search"]}``
+``EVALSTREAM_EXPORTER_LABELS_TOPIC``     topic of human labels (default ``evalstream.labels``;
+                                         empty: no judge agreement)
+``EVALSTREAM_EXPORTER_DRIFT_REFERENCE``  ``trailing`` (the window before the current one) or
+                                         ``pinned`` (a baseline kept once); default trailing
+``EVALSTREAM_EXPORTER_DRIFT_CURRENT_S``  current drift window, seconds (default 3600)
+``EVALSTREAM_EXPORTER_DRIFT_BUCKET_S``   its bucket size, a multiple of 60 (default 600)
+``EVALSTREAM_EXPORTER_DRIFT_REFERENCE_S`` length of the reference, seconds (default 86400)
+``EVALSTREAM_EXPORTER_DRIFT_REFERENCE_BUCKET_S`` bucket size of a trailing reference (default 3600)
+``EVALSTREAM_EXPORTER_DRIFT_BASELINE_START`` pinned: unix seconds where the baseline starts
+                                         (default: each model and route's first minute)
+``EVALSTREAM_EXPORTER_DRIFT_BINS``       PSI and chi-square bins (reference quantiles; default 10)
+``EVALSTREAM_EXPORTER_DRIFT_MIN_SAMPLES`` fewest items in each window before drift is reported (50)
+``EVALSTREAM_EXPORTER_AGREEMENT_TRUTH_ANNOTATOR`` whose labels judges are scored against
+                                         (default ``adjudicated``)
+``EVALSTREAM_EXPORTER_AGREEMENT_TTL_S``  how long a verdict or label waits for the other (86400)
+``EVALSTREAM_EXPORTER_AGREEMENT_MAX_PENDING`` most waiting verdicts, and labels (20000 each)
+``EVALSTREAM_EXPORTER_AGREEMENT_WINDOW`` pairs the accuracy and kappa gauges are computed on (500)
+``EVALSTREAM_EXPORTER_AGREEMENT_RESAMPLES`` bootstrap resamples of the kappa interval (1000)
 =======================================  ==========================================================
 """
 
@@ -33,11 +51,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream import topics
 
+from .agreement import AgreementConfig
+from .drift import DriftConfig, Reference
 from .labels import LabelBudget, LabelName
 
 __all__ = ["ENV_PREFIX", "ExporterSettings"]
@@ -67,6 +87,21 @@ class ExporterSettings(BaseSettings):
     events_topic: str = topics.EVENTS
     label_caps: dict[LabelName, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     label_allow: dict[LabelName, list[str]] = Field(default_factory=dict)
+    #: Human labels for judge agreement; empty: not read.
+    labels_topic: str = topics.LABELS
+    drift_reference: Reference = Reference.TRAILING
+    drift_current_s: int = 3600
+    drift_bucket_s: int = 600
+    drift_reference_s: int = 86400
+    drift_reference_bucket_s: int = 3600
+    drift_baseline_start: int | None = None
+    drift_bins: int = 10
+    drift_min_samples: int = 50
+    agreement_truth_annotator: Annotated[str, Field(min_length=1)] = "adjudicated"
+    agreement_ttl_s: float = 86400.0
+    agreement_max_pending: int = 20_000
+    agreement_window: int = 500
+    agreement_resamples: int = 1000
 
     @field_validator("label_caps", "label_allow", mode="before")
     @classmethod
@@ -77,6 +112,33 @@ class ExporterSettings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown label name(s) {unknown}; metrics only carry {known}")
         return value
+
+    @model_validator(mode="after")
+    def _windows(self) -> ExporterSettings:
+        self.drift_config()  # ValueError (a validation error) naming what does not fit
+        self.agreement_config()
+        return self
+
+    def drift_config(self) -> DriftConfig:
+        return DriftConfig(
+            reference=self.drift_reference,
+            bucket_s=self.drift_bucket_s,
+            current_s=self.drift_current_s,
+            reference_s=self.drift_reference_s,
+            reference_bucket_s=self.drift_reference_bucket_s,
+            baseline_start=self.drift_baseline_start,
+            bins=self.drift_bins,
+            min_samples=self.drift_min_samples,
+        )
+
+    def agreement_config(self) -> AgreementConfig:
+        return AgreementConfig(
+            truth_annotator=self.agreement_truth_annotator,
+            ttl_s=self.agreement_ttl_s,
+            max_pending=self.agreement_max_pending,
+            window=self.agreement_window,
+            resamples=self.agreement_resamples,
+        )
 
     def budget(self) -> LabelBudget:
         base = LabelBudget()
