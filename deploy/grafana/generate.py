@@ -272,6 +272,34 @@ OVERVIEW = DashboardSpec(
                 ),
             ),
         ),
+        RowSpec(
+            title="Drift",
+            panels=(
+                ts(
+                    "Drift: population stability index",
+                    "PSI of the current window against the reference (trailing day or a pinned baseline), "
+                    "per model, route and feature (response length, refusal rate, score per dimension), "
+                    "with the line the drift alert fires above.",
+                    t(
+                        f"max by (model, route, feature, dimension) (evalstream_drift_psi{{{SEL}}})",
+                        "{{model}} {{route}} {{feature}} {{dimension}}",
+                    ),
+                    t("evalstream:drift_psi:threshold", "alert line"),
+                    min=0,
+                ),
+                ts(
+                    "Drift: chi-square p-value",
+                    "How likely the current window's distribution came from the reference's, on the "
+                    "same bins as the PSI; small values with a large PSI mean a real shift.",
+                    t(
+                        f"min by (model, route, feature, dimension) (evalstream_drift_pvalue{{{SEL}}})",
+                        "{{model}} {{route}} {{feature}} {{dimension}}",
+                    ),
+                    min=0,
+                    max=1,
+                ),
+            ),
+        ),
     ),
 )
 
@@ -387,6 +415,49 @@ JUDGE_TRUST = DashboardSpec(
     title="evalstream / Judge trust",
     description="Can the verdicts be trusted: the human-audit queue, the cascade's coverage, the labels.",
     rows=(
+        RowSpec(
+            title="Agreement with humans",
+            panels=(
+                ts(
+                    "Cohen's kappa vs human labels (95% CI)",
+                    "Kappa of the deciding tier's labels against the truth annotator's, on the last "
+                    "window of verdicts joined to human labels (evalstream label), per dimension and "
+                    'tier (tier="all": the cascade), with the objective the agreement alert uses.',
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_kappa)",
+                        "{{dimension}} tier {{tier}}",
+                    ),
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_kappa_ci_lower)",
+                        "{{dimension}} tier {{tier}} lower",
+                    ),
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_kappa_ci_upper)",
+                        "{{dimension}} tier {{tier}} upper",
+                    ),
+                    t("evalstream:judge_kappa:objective", "objective"),
+                ),
+                ts(
+                    "Accuracy vs human labels (95% CI)",
+                    "Share of joined verdicts whose label equals the human's, with its Wilson interval.",
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_accuracy)",
+                        "{{dimension}} tier {{tier}}",
+                    ),
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_accuracy_ci_lower)",
+                        "{{dimension}} tier {{tier}} lower",
+                    ),
+                    t(
+                        "max by (dimension, tier) (evalstream_judge_agreement_accuracy_ci_upper)",
+                        "{{dimension}} tier {{tier}} upper",
+                    ),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                ),
+            ),
+        ),
         RowSpec(
             title="Human audit queue",
             panels=(
