@@ -430,16 +430,24 @@ class _ChatClient:
             reraise=True,
         )
         try:
+            last_error: LLMError | None = None
             for attempt in retrying:
                 with attempt:
                     attempts += 1
                     left = deadline - self._clock()
                     if left <= 0:
+                        if last_error is not None:  # a sleep overran: report what kept failing
+                            attempts -= 1
+                            raise last_error
                         raise LLMDeadlineExceeded(
                             f"deadline passed before attempt {attempts} to {self._where}"
                         )
-                    payload = self._attempt(body, min(policy.attempt_timeout_s, left))
-                    return _chat_reply(payload, attempts, self.scrub)
+                    try:
+                        payload = self._attempt(body, min(policy.attempt_timeout_s, left))
+                        return _chat_reply(payload, attempts, self.scrub)
+                    except LLMError as exc:
+                        last_error = exc
+                        raise
         except LLMError as exc:
             exc.attempts = attempts
             raise
