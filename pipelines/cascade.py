@@ -11,12 +11,18 @@ dimension, the item escalates to it; when it was the last tier, the whole event 
 letter (stage ``judge``) with the reason. An event yields a verdict only when every dimension was
 decided, so each sampled event ends as exactly one verdict or one dead letter.
 
+A tier whose circuit breaker is open (``pipelines/judge_client.py``) fails at once with
+``JudgeUnavailable``, so the same rule applies without waiting out the deadline. The breakers
+outlive each micro-batch's pipeline: the runner lends them to the DoFn through ``SharedBreakers``
+(Beam's ``Shared``, as ``Dedupe`` borrows its window of seen ids).
+
 The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,11 +32,13 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
 
 from evalstream.cascade_config import CascadeConfig
+from evalstream.circuit import BreakerPolicy, CircuitBreaker
 from evalstream.pipelines.judge_client import (
     JudgeClient,
     JudgeError,
@@ -40,7 +48,7 @@ from evalstream.pipelines.judge_client import (
 from evalstream.pipelines.records import DeadReason, SampledEvent, Stage, dead_letter, timestamp
 from evalstream.v1 import judge_pb2, verdict_pb2
 
-__all__ = ["AUDIT", "DEAD", "CascadeOutcome", "JudgeCascade", "judge_batch"]
+__all__ = ["AUDIT", "DEAD", "CascadeOutcome", "JudgeCascade", "SharedBreakers", "TierBreakers", "judge_batch"]
 
 DEAD = "dead"
 AUDIT = "audit"
@@ -208,6 +216,48 @@ def judge_batch(
     return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
 
 
+class TierBreakers:
+    """One circuit breaker per judge tier, made on first use."""
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._breakers: dict[int, CircuitBreaker] = {}
+
+    def get(self, tier: int, target: str) -> CircuitBreaker:
+        with self._lock:
+            if tier not in self._breakers:
+                self._breakers[tier] = CircuitBreaker(f"judge tier {tier} at {target}", self.policy)
+            return self._breakers[tier]
+
+    def all(self) -> dict[int, CircuitBreaker]:
+        with self._lock:
+            return dict(self._breakers)
+
+
+class SharedBreakers:
+    """A picklable reference to a process-local ``TierBreakers``, so breaker state survives from one
+    micro-batch pipeline to the next. The creator holds the strong reference. Where the creator is not
+    (a remote worker of a streaming runner), the first DoFn there makes a fresh set with the policy."""
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self._policy = policy
+        self._handle = shared.Shared()
+        self._tag = uuid.uuid4().hex
+        self._anchor: TierBreakers | None = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_policy": self._policy, "_handle": self._handle, "_tag": self._tag, "_anchor": None}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def resolve(self) -> TierBreakers:
+        policy = self._policy
+        found: TierBreakers = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
+        return found
+
+
 class _CascadeFn(beam.DoFn):
     """Judges batches with up to ``in_flight`` of them waiting on judge servers at once.
 
@@ -224,6 +274,7 @@ class _CascadeFn(beam.DoFn):
         policy: RetryPolicy,
         now: datetime | None,
         in_flight: int,
+        breakers: SharedBreakers | None = None,
     ) -> None:
         missing = [t for t in cascade.tiers if t not in endpoints]
         if missing:
@@ -238,12 +289,20 @@ class _CascadeFn(beam.DoFn):
         self._policy = policy
         self._fixed_now = now
         self._in_flight = in_flight
+        self._breakers = breakers
         self._clients: dict[int, JudgeClient] = {}
 
     def setup(self) -> None:
         self._stop = threading.Event()
+        breakers = self._breakers.resolve() if self._breakers is not None else None
         self._clients = {
-            tier: JudgeClient(target, tier=tier, policy=self._policy, stop=self._stop)
+            tier: JudgeClient(
+                target,
+                tier=tier,
+                policy=self._policy,
+                stop=self._stop,
+                breaker=breakers.get(tier, target) if breakers is not None else None,
+            )
             for tier, target in self._endpoints.items()
             if tier in self._cascade.tiers
         }
@@ -321,9 +380,10 @@ class JudgeCascade(beam.PTransform):
         now: datetime | None = None,
         batch_size: int = 256,
         in_flight: int = 2,
+        breakers: SharedBreakers | None = None,
     ) -> None:
         super().__init__()
-        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight)
+        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers)
         self._batch_size = batch_size
 
     def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:

@@ -12,7 +12,7 @@ from datetime import datetime
 import apache_beam as beam
 
 from evalstream.cascade_config import CascadeConfig
-from evalstream.pipelines.cascade import JudgeCascade
+from evalstream.pipelines.cascade import JudgeCascade, SharedBreakers
 from evalstream.pipelines.decode import Decode, DecodeLimits
 from evalstream.pipelines.dedupe import Dedupe, SharedSeenIds
 from evalstream.pipelines.judge_client import RetryPolicy
@@ -30,6 +30,8 @@ class EvaluateConfig:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     batch_size: int = 256
+    #: Per-tier circuit breakers that outlive a batch (None: no breaker, every call waits its deadline).
+    breakers: SharedBreakers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Evaluate(beam.PTransform):
             policy=cfg.policy,
             now=self._now,
             batch_size=cfg.batch_size,
+            breakers=cfg.breakers,
         )
         dead = (decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten()
         summaries = (

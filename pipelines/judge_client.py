@@ -4,12 +4,23 @@ Exceptions (``grpc.RpcError`` never leaves this module)::
 
     JudgeError                 base; carries the tier and the target
     ├── JudgeUnavailable       retryable failures that outlasted the deadline (UNAVAILABLE,
-    │                          DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED), or shutdown
+    │                          DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED), shutdown, or the
+    │                          tier's circuit is open (``code == "CIRCUIT_OPEN"``)
     └── JudgeRejected          the server refused the request (INVALID_ARGUMENT, ...): not retried
 
 Retry policy: one overall deadline shared by all attempts; each attempt's gRPC timeout is the
 smaller of ``attempt_timeout_s`` and what is left; jittered exponential backoff; stop early when
 the next sleep would pass the deadline; sleeps end at once when ``stop`` is set.
+
+Circuit breaker (optional, ``breaker=``; ``evalstream.circuit``): without it, every call to a tier
+that is down waits out the whole deadline, so while a tier is down each batch takes at least the
+deadline and throughput collapses. With it, each attempt asks the tier's breaker first; an attempt
+that ends with a retryable status counts as a failure, any answer (even a rejection) as a success.
+After ``failure_threshold`` consecutive failed attempts the circuit opens: calls fail at once with
+``JudgeUnavailable(code="CIRCUIT_OPEN")`` (the cascade escalates or dead-letters the items as for
+any unavailable tier) for ``open_s`` seconds; then one probe attempt is let through, and its answer
+closes the circuit or opens it again. The breaker outlives the client: the micro-batch runner
+makes one per tier and lends it to each batch's clients (``pipelines/cascade.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from evalstream.circuit import CircuitBreaker
 from evalstream.v1 import judge_pb2, judge_pb2_grpc
 
 __all__ = ["JudgeClient", "JudgeError", "JudgeRejected", "JudgeUnavailable", "RetryPolicy"]
@@ -82,10 +94,12 @@ class JudgeClient:
         policy: RetryPolicy,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.target = target
         self.tier = tier
         self._policy = policy
+        self._breaker = breaker
         self._stop = stop or threading.Event()
         self._clock = clock
         self._channel = grpc.insecure_channel(
@@ -93,6 +107,11 @@ class JudgeClient:
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # Reconnect to a restarted judge within a second (gRPC's default backoff grows to 120 s,
+                # and calls fail at once while the channel waits out its backoff).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self._stub = judge_pb2_grpc.JudgeServiceStub(self._channel)
@@ -110,14 +129,28 @@ class JudgeClient:
         deadline = self._clock() + policy.deadline_s
         self.attempts = 0
 
+        breaker = self._breaker
+
         def attempt() -> judge_pb2.JudgeResponse:
-            self.attempts += 1
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise _DeadlinePassed
-            response: judge_pb2.JudgeResponse = self._stub.Judge(
-                request, timeout=min(policy.attempt_timeout_s, remaining), wait_for_ready=False
-            )
+            if breaker is not None and not breaker.allow():
+                raise _CircuitOpen
+            self.attempts += 1
+            try:
+                response: judge_pb2.JudgeResponse = self._stub.Judge(
+                    request, timeout=min(policy.attempt_timeout_s, remaining), wait_for_ready=False
+                )
+            except grpc.RpcError as exc:
+                if breaker is not None:
+                    if exc.code() in policy.retryable:
+                        breaker.record_failure()
+                    else:
+                        breaker.record_success()  # it answered: the tier is up
+                raise
+            if breaker is not None:
+                breaker.record_success()
             return response
 
         def retryable(exc: BaseException) -> bool:
@@ -145,6 +178,17 @@ class JudgeClient:
             if code in policy.retryable:
                 raise JudgeUnavailable(message, tier=self.tier, target=self.target, code=code.name) from exc
             raise JudgeRejected(message, tier=self.tier, target=self.target, code=code.name) from exc
+        except _CircuitOpen as exc:
+            assert breaker is not None
+            snap = breaker.snapshot()
+            raise JudgeUnavailable(
+                f"judge tier {self.tier} at {self.target}: circuit open after "
+                f"{snap.consecutive_failures} consecutive failed attempt(s) (last call: "
+                f"{self.attempts} attempt(s)); failing fast, next probe in {snap.retry_in_s:.1f}s",
+                tier=self.tier,
+                target=self.target,
+                code="CIRCUIT_OPEN",
+            ) from exc
         except (_Stopped, _DeadlinePassed) as exc:
             raise JudgeUnavailable(
                 f"judge tier {self.tier} at {self.target}: no answer before the deadline or shutdown",
@@ -155,4 +199,8 @@ class JudgeClient:
 
 
 class _DeadlinePassed(Exception):
+    pass
+
+
+class _CircuitOpen(Exception):
     pass

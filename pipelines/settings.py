@@ -51,6 +51,10 @@ class PipelineSettings(BaseSettings):
     judge_batch_size: Annotated[int, Field(ge=1)] = 256
     #: One overall deadline per judge call, retries included.
     judge_deadline_s: Annotated[float, Field(gt=0)] = 10.0
+    #: Consecutive failed judge attempts that open a tier's circuit (calls then fail fast); 0: no breaker.
+    judge_breaker_failures: Annotated[int, Field(ge=0)] = 5
+    #: Seconds a tier's circuit stays open before one probe call is let through.
+    judge_breaker_open_s: Annotated[float, Field(ge=0)] = 5.0
     #: Events larger than this are dead-lettered as "oversized".
     max_event_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     #: Events older than this many hours are dead-lettered as "stale_event_time".
@@ -61,6 +65,10 @@ class PipelineSettings(BaseSettings):
     transactional: bool = True
     #: Transactional id prefix; each producer adds a random suffix (see run.py, docs/kafka.md).
     transactional_id: str = "evalstream-pipeline"
+    #: Static group membership (KIP-345): a restarted process with the same id gets its partitions back
+    #: at once instead of waiting for the broker to expire the dead member (noida-db never does).
+    #: One per pipeline process; empty: the transactional id prefix.
+    group_instance_id: str = ""
     #: Exit once no new records arrive for this many seconds (0: run forever).
     exit_when_idle_s: Annotated[float, Field(ge=0)] = 0.0
 

@@ -27,7 +27,15 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     │   └── LLMRejectedError          rejected            no    other 4xx (unknown model or item, 400)
     ├── LLMUnparseableReply           unparseable_reply   once  content does not fit the verdict schema
     ├── LLMDeadlineExceeded           deadline_exceeded   no    the call's overall deadline passed
+    ├── LLMCircuitOpen                circuit_open        no    the endpoint's circuit is open (failing fast)
     └── LLMClosedError                closed              no    the judge is shutting down
+
+Circuit breaker (``circuit.py``): a call whose retries end on a connection error, timeout, 5xx or
+non-completion reply counts against the endpoint; after ``breaker_failures`` such calls in a row,
+calls (and the retries of calls under way) fail fast as ``circuit_open`` for ``breaker_open_s``,
+then one probe attempt decides. Its metrics go on the judge
+server's registry (``register_metrics``). An unparseable reply's error carries the raw reply, so
+the pipeline's dead letter shows what the model said.
 
 The API key is a ``SecretStr``: it is sent as a bearer token and never logged, put in a message or
 shown in a repr. An endpoint may echo it back (in an error body, a malformed reply, a verdict's
@@ -68,6 +76,7 @@ from tenacity.stop import stop_base
 from evalstream.dimensions import Dimension, PairwiseLabel, RefusalLabel, Tier, quality_label
 
 from .base import ItemOutcome, JudgeInput, JudgeOutput
+from .circuit import endpoint_breaker, register_breaker_metrics
 from .prompts import (
     ParsedVerdict,
     PromptTemplate,
@@ -78,11 +87,14 @@ from .prompts import (
 )
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from .settings import JudgeServerSettings
 
 __all__ = [
     "ChatReply",
     "LLMAuthError",
+    "LLMCircuitOpen",
     "LLMClosedError",
     "LLMConnectionError",
     "LLMDeadlineExceeded",
@@ -120,22 +132,27 @@ class LLMError(Exception):
 
     error_type: ClassVar[str] = "llm_error"
     retryable: ClassVar[bool] = False
+    #: Counts against the endpoint's circuit breaker (the endpoint is unwell, not the request).
+    endpoint_failure: ClassVar[bool] = False
     attempts: int = 1  # HTTP attempts made before this error was final
 
 
 class LLMConnectionError(LLMError):
     error_type = "connection"
     retryable = True
+    endpoint_failure = True
 
 
 class LLMTimeoutError(LLMError):
     error_type = "timeout"
     retryable = True
+    endpoint_failure = True
 
 
 class LLMProtocolError(LLMError):
     error_type = "bad_reply"
     retryable = True
+    endpoint_failure = True
 
 
 class LLMStatusError(LLMError):
@@ -153,6 +170,7 @@ class LLMRateLimitError(LLMStatusError):
 
 class LLMServerError(LLMStatusError):
     error_type = "server_error"
+    endpoint_failure = True
 
 
 class LLMAuthError(LLMStatusError):
@@ -173,6 +191,10 @@ class LLMUnparseableReply(LLMError):
 
 class LLMDeadlineExceeded(LLMError):
     error_type = "deadline_exceeded"
+
+
+class LLMCircuitOpen(LLMError):
+    error_type = "circuit_open"
 
 
 class LLMClosedError(LLMError):
@@ -234,6 +256,10 @@ class LLMJudgeSettings(BaseSettings):
     extra_headers: dict[str, str] = Field(default_factory=dict)
     #: How much of an unparseable reply goes into the outcome's ``extra``.
     raw_reply_chars: int = Field(default=1000, ge=0)
+    #: Failed calls (after their retries) in a row that open the endpoint's circuit (0: no breaker).
+    breaker_failures: int = Field(default=5, ge=0)
+    #: Seconds the circuit stays open before a probe.
+    breaker_open_s: float = Field(default=10.0, ge=0)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -371,6 +397,9 @@ class _ChatClient:
         self._policy = policy
         self._clock = clock
         self._closing = closing
+        self.breaker = endpoint_breaker(
+            str(self._where), failures=settings.breaker_failures, open_s=settings.breaker_open_s, clock=clock
+        )
         limits = httpx.Limits(
             max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
         )
@@ -429,29 +458,55 @@ class _ChatClient:
             before_sleep=before_sleep,
             reraise=True,
         )
+        healthy: bool | None = None  # what the last attempt said of the endpoint; None: no attempt
+        last_error: LLMError | None = None
         try:
-            last_error: LLMError | None = None
             for attempt in retrying:
                 with attempt:
-                    attempts += 1
                     left = deadline - self._clock()
                     if left <= 0:
                         if last_error is not None:  # a sleep overran: report what kept failing
-                            attempts -= 1
                             raise last_error
                         raise LLMDeadlineExceeded(
-                            f"deadline passed before attempt {attempts} to {self._where}"
+                            f"deadline passed before attempt {attempts + 1} to {self._where}"
                         )
+                    self._admit()
+                    attempts += 1
                     try:
                         payload = self._attempt(body, min(policy.attempt_timeout_s, left))
-                        return _chat_reply(payload, attempts, self.scrub)
+                        reply = _chat_reply(payload, attempts, self.scrub)
                     except LLMError as exc:
+                        healthy = not exc.endpoint_failure
                         last_error = exc
                         raise
+                    healthy = True
+                    return reply
         except LLMError as exc:
             exc.attempts = attempts
             raise
+        finally:
+            self._report(healthy)
         raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+    def _admit(self) -> None:
+        """Raise ``LLMCircuitOpen`` when the endpoint's circuit refuses this attempt."""
+        if self.breaker is None or self.breaker.allow():
+            return
+        snap = self.breaker.snapshot()
+        raise LLMCircuitOpen(
+            f"circuit open for {self._where} after {snap.consecutive_failures} failed calls in a row; "
+            f"failing fast, next probe in {snap.retry_in_s:.1f}s"
+        )
+
+    def _report(self, healthy: bool | None) -> None:
+        """One call's outcome to the breaker: a call counts as failed when its retries ended on an
+        endpoint failure, so per-request blips that a retry cures never open the circuit."""
+        if self.breaker is None or healthy is None:
+            return
+        if healthy:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
 
     def _retryable(self, exc: LLMError) -> bool:
         if isinstance(exc, LLMStatusError):
@@ -774,6 +829,11 @@ class LLMJudge:
     def dimensions(self) -> frozenset[str]:
         return frozenset(str(d) for d in self.DIMENSIONS)
 
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The endpoint's circuit-breaker metrics, on the judge server's registry."""
+        if self._client.breaker is not None:
+            register_breaker_metrics(registry, self.name, [(str(self._client.where), self._client.breaker)])
+
     def totals(self) -> dict[str, float]:
         """Calls, attempts, retries, re-asks, tokens, cost and errors by type since start."""
         with self._lock:
@@ -863,10 +923,13 @@ class LLMJudge:
             extra = extras.get(i, {})
             if failures.get(i) and not judgements.get(i):
                 dim, exc = failures[i][0]
+                raw = ""
+                if isinstance(exc, LLMUnparseableReply):  # what the model said, for the dead letter
+                    raw = f"; raw reply: {exc.raw[: self._settings.raw_reply_chars // 5]!r}"
                 outcomes.append(
                     ItemOutcome(
                         item_id=item_id,
-                        error=self._client.scrub(f"{dim}: {exc} (after {exc.attempts} attempts)"),
+                        error=self._client.scrub(f"{dim}: {exc} (after {exc.attempts} attempts){raw}"),
                         error_type=exc.error_type,
                         extra=extra,
                     )

@@ -15,7 +15,9 @@ Rejections are mapped on purpose:
 - UNAVAILABLE: the server is stopping;
 - INTERNAL: the judge broke its contract or raised (a bug: logged with its traceback).
 
-Metrics (``evalstream_judge_*``) are registered on the registry passed to ``create_server``.
+Metrics (``evalstream_judge_*``) are registered on the registry passed to ``create_server``; a
+judge with metrics of its own (``ExportsMetrics``, e.g. the LLM judge's circuit breaker) registers
+them on the same registry.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,6 +46,7 @@ from .settings import JudgeServerSettings
 
 __all__ = [
     "READY_LINE",
+    "ExportsMetrics",
     "JudgeServer",
     "JudgeServicer",
     "Rejection",
@@ -62,6 +65,13 @@ SERVICE_NAME: Final = "evalstream.v1.JudgeService"
 # queueing behind the busy ones.
 _SPARE_WORKERS: Final = 2
 _LATENCY_BUCKETS: Final = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@runtime_checkable
+class ExportsMetrics(Protocol):
+    """A judge that has metrics of its own registers them on the server's registry."""
+
+    def register_metrics(self, registry: CollectorRegistry) -> None: ...
 
 
 class ServerStartError(RuntimeError):
@@ -364,6 +374,8 @@ def create_server(
 ) -> tuple[JudgeServer, int]:
     """Build and bind (not start) a server for ``judge``; returns it and the port it bound."""
     metrics = ServerMetrics(registry, judge.name)
+    if isinstance(judge, ExportsMetrics):
+        judge.register_metrics(registry)
     servicer = JudgeServicer(
         judge, max_batch=config.max_batch, max_concurrent=config.max_concurrent, metrics=metrics
     )
