@@ -1,4 +1,4 @@
-"""The closed vocabularies of judging: dimensions, their labels, judge tiers.
+"""The closed vocabularies of judging: dimensions, their labels, judge tiers, response statistics.
 
 Shared by pipelines, services and the exporter as plain strings on the wire; this module is the one
 place they are spelled. It imports neither Beam nor gRPC.
@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["LABELS", "Dimension", "FormatLabel", "PairwiseLabel", "QualityLabel", "RefusalLabel", "Tier"]
+__all__ = [
+    "LABELS",
+    "Dimension",
+    "EmbeddingStat",
+    "FormatLabel",
+    "PairwiseLabel",
+    "QualityLabel",
+    "RefusalLabel",
+    "Tier",
+]
 
 
 class Dimension(StrEnum):
@@ -65,3 +74,15 @@ def quality_label(score: float) -> QualityLabel:
     if score >= 4:
         return QualityLabel.FAIR
     return QualityLabel.POOR
+
+
+class EmbeddingStat(StrEnum):
+    """Scalar statistics of a response's tier-1 embedding (unit length), against the reference profile
+    of the encoder's training responses (``services/judges/encoder.py``); drift compares them.
+
+    The names are the keys of ``ItemResult.stats``, ``Verdict.response_stats`` and
+    ``Summary.response_stat_sketches``, and the ``dimension`` label of ``feature="embedding"``."""
+
+    CENTROID_COSINE = "embedding_centroid_cosine"  # cosine to the mean training embedding, in [-1, 1]
+    PC1 = "embedding_pc1"  # coordinate on the training embeddings' first principal axis
+    PC2 = "embedding_pc2"  # ... and on the second

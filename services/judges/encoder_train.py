@@ -29,6 +29,11 @@ Split by prompt: a prompt's completions are all on one side. Refusal uses the ru
 held-out prompts; quality holds out ~30% of questions by a salted hash of (set, question id). The
 held-out side only measures: per-class precision and recall, top-label expected calibration error
 (the same function as the rules judge's), log loss. Figures go into the artefact's metadata.
+
+Reference embedding profile (``encoder.EmbeddingProfile``, for drift on embedding statistics): a
+2-component PCA of the ``PROFILE_VIEW`` embeddings of every training-side response of every dimension
+(XSTest and Prometheus; the refusal recipe's embeddings are reused, quality's responses are embedded
+once more at that view). Its centroid and axes, explained variance and row count go into the metadata.
 """
 
 from __future__ import annotations
@@ -55,16 +60,21 @@ import numpy as np
 import numpy.typing as npt
 
 from evalstream.datasets import XSTEST_DIR, data_root, read_xstest
-from evalstream.dimensions import Dimension, RefusalLabel, quality_label
+from evalstream.dimensions import Dimension, EmbeddingStat, RefusalLabel, quality_label
 
 from .encoder import (
     ARTEFACT_SCHEMA,
     DEFAULT_THREADS,
     METADATA_FILE,
+    PROFILE_FILE,
+    PROFILE_VIEW,
     ArtefactMetadata,
     ClassMetrics,
     DataSource,
     DimensionMetadata,
+    EmbeddingProfile,
+    EmbeddingProfileMetadata,
+    Embeddings,
     HeldOutMetrics,
     SplitInfo,
     TextEncoder,
@@ -82,6 +92,7 @@ __all__ = [
     "Examples",
     "Recipe",
     "TrainedDimension",
+    "fit_profile",
     "main",
     "parse_views",
     "quality_examples",
@@ -174,6 +185,8 @@ class TrainedDimension:
     classifier: Any  # a fitted CalibratedClassifierCV
     blob: bytes  # its pickle, as written to the artefact
     metadata: DimensionMetadata
+    examples: Examples
+    embeddings: Mapping[View, Embeddings]  # every item's, per view of the recipe (not written)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -308,7 +321,8 @@ def train_dimension(
     from sklearn.model_selection import GroupKFold
 
     views = recipe.views
-    x = features(embed_views(encoder, examples.texts, views, batch_size=batch_size), views)
+    embedded = embed_views(encoder, examples.texts, views, batch_size=batch_size)
+    x = features(embedded, views)
     y = np.array(examples.labels)
     groups = np.array(examples.groups)
     train, test = ~examples.held_out, examples.held_out
@@ -340,7 +354,44 @@ def train_dimension(
         ),
         metrics=held_out_metrics(labels, list(y[test]), probs),
     )
-    return TrainedDimension(classifier=classifier, blob=blob, metadata=metadata)
+    return TrainedDimension(
+        classifier=classifier, blob=blob, metadata=metadata, examples=examples, embeddings=embedded
+    )
+
+
+def fit_profile(
+    encoder: TextEncoder,
+    trained: Mapping[str, TrainedDimension],
+    *,
+    view: View = PROFILE_VIEW,
+    batch_size: int = 32,
+) -> tuple[EmbeddingProfile, bytes, EmbeddingProfileMetadata]:
+    """The reference embedding profile of every training-side response at ``view``; embeddings the
+    dimensions already computed at that view are reused."""
+    parts: list[Embeddings] = []
+    for t in trained.values():
+        train_side = ~t.examples.held_out
+        if view in t.embeddings:
+            parts.append(t.embeddings[view][train_side])
+            continue
+        texts = [text for text, keep in zip(t.examples.texts[view.field], train_side, strict=True) if keep]
+        parts.append(embed_views(encoder, {view.field: texts}, [view], batch_size=batch_size)[view])
+    rows = np.vstack(parts)
+    profile = EmbeddingProfile.fit(rows, view=view)
+    blob = pickle.dumps(profile.pca, protocol=5)
+    metadata = EmbeddingProfileMetadata(
+        file=PROFILE_FILE,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        view=view,
+        statistics=[s.value for s in EmbeddingStat],
+        method=f"PCA(n_components=2, svd_solver='full') of the unit-length {view.key()} embeddings; "
+        "centroid = its mean_; statistics: cosine to the centroid, PCA.transform coordinates",
+        sources=list(trained),
+        rows=len(rows),
+        explained_variance_ratio=[round(float(r), 4) for r in profile.pca.explained_variance_ratio_],
+        centroid_norm=round(float(np.linalg.norm(profile.centroid)), 4),
+    )
+    return profile, blob, metadata
 
 
 def _libraries() -> dict[str, str]:
@@ -366,8 +417,10 @@ def train(
     trained = {
         dim.value: train_dimension(encoder, readers[dim](base), recipe) for dim, recipe in recipes.items()
     }
+    _, profile_blob, profile_meta = fit_profile(encoder, trained)
     created = datetime.now(UTC)
-    digest = hashlib.sha256("".join(t.metadata.sha256 for t in trained.values()).encode()).hexdigest()
+    hashes = [*(t.metadata.sha256 for t in trained.values()), profile_meta.sha256]
+    digest = hashlib.sha256("".join(hashes).encode()).hexdigest()
     metadata = ArtefactMetadata(
         schema_version=ARTEFACT_SCHEMA,
         version=f"{created:%Y%m%d}-{digest[:8]}",
@@ -375,12 +428,14 @@ def train(
         encoder=encoder.info(),
         libraries=_libraries(),
         dimensions={name: t.metadata for name, t in trained.items()},
+        embedding_profile=profile_meta,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the artefact is read by judge servers
     for t in trained.values():
         (staging / t.metadata.file).write_bytes(t.blob)
+    (staging / profile_meta.file).write_bytes(profile_blob)
     (staging / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)

@@ -170,6 +170,7 @@ def to_response(
             item_id=outcome.item_id,
             error=outcome.error,
             error_type=outcome.error_type,
+            stats=outcome.stats,
             judgements=[
                 verdict_pb2.Judgement(
                     dimension=j.dimension,

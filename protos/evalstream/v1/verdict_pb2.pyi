@@ -62,7 +62,14 @@ class DimensionVerdict(_message.Message):
     def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., deciding_tier: _Optional[int] = ..., tiers_tried: _Optional[_Iterable[int]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., needs_audit: _Optional[bool] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("event_id", "event_time", "model", "model_version", "route", "dimensions", "sample_rate", "forced", "judged_at", "cascade_version", "response_chars")
+    __slots__ = ("event_id", "event_time", "model", "model_version", "route", "dimensions", "sample_rate", "forced", "judged_at", "cascade_version", "response_chars", "response_stats", "embedding_probe")
+    class ResponseStatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +81,8 @@ class Verdict(_message.Message):
     JUDGED_AT_FIELD_NUMBER: _ClassVar[int]
     CASCADE_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_CHARS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_STATS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_PROBE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_time: _timestamp_pb2.Timestamp
     model: str
@@ -85,7 +94,19 @@ class Verdict(_message.Message):
     judged_at: _timestamp_pb2.Timestamp
     cascade_version: str
     response_chars: int
-    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimensions: _Optional[_Iterable[_Union[DimensionVerdict, _Mapping]]] = ..., sample_rate: _Optional[float] = ..., forced: _Optional[bool] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cascade_version: _Optional[str] = ..., response_chars: _Optional[int] = ...) -> None: ...
+    response_stats: _containers.ScalarMap[str, float]
+    embedding_probe: EmbeddingProbe
+    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimensions: _Optional[_Iterable[_Union[DimensionVerdict, _Mapping]]] = ..., sample_rate: _Optional[float] = ..., forced: _Optional[bool] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cascade_version: _Optional[str] = ..., response_chars: _Optional[int] = ..., response_stats: _Optional[_Mapping[str, float]] = ..., embedding_probe: _Optional[_Union[EmbeddingProbe, _Mapping]] = ...) -> None: ...
+
+class EmbeddingProbe(_message.Message):
+    __slots__ = ("tier", "called", "error")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tier: int
+    called: bool
+    error: str
+    def __init__(self, tier: _Optional[int] = ..., called: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("raw", "stage", "error_type", "message", "source_topic", "source_partition", "source_offset", "event_id", "failed_at", "raw_truncated", "raw_size", "model")
