@@ -16,11 +16,32 @@ A tier whose circuit breaker is open (``pipelines/judge_client.py``) fails at on
 outlive each micro-batch's pipeline: the runner lends them to the DoFn through ``SharedBreakers``
 (Beam's ``Shared``, as ``Dedupe`` borrows its window of seen ids).
 
+Response statistics (``ItemResult.stats``, e.g. tier 1's embedding statistics) that a tier returns
+for an item it answered are kept on the event's verdict (``Verdict.response_stats``; when two tiers
+return the same statistic, the later tier's value is kept).
+
+**Embedding probe** (``EmbeddingProbe``). Tier 1 sees only what tier 0 escalated, a biased subset, so
+its statistics alone would describe the escalated responses, not the traffic. The probe's sample is a
+deterministic ``fraction`` of the sampled events (a salted hash of the event id, independent of the
+sampler's hash): every event of the sample that gets a verdict carries ``Verdict.embedding_probe``,
+and those of them whose verdict did not involve the probe's tier are sent to it in one extra request
+per batch, for the statistics only (asking for the dimensions the cascade routes to that tier, or all
+of them when it routes none). So the sample is a uniform sample of judged events, which is what the
+summaries build their statistics sketches from (``summarise.py``). The probe never changes a label or
+a dimension's ``tiers_tried``; its requests count in ``CascadeOutcome.calls`` and, per item, in the
+event-level summary's ``calls_by_tier``. A probe that fails (the tier is unavailable, its circuit is
+open, it rejects the request or returns no statistics for an item) never dead-letters an event nor
+changes its verdict: the verdict's ``embedding_probe.error`` says why there are no statistics, a
+warning is logged per batch, and the summaries count it (``embedding_probe_failures``). The probe is
+off when its fraction is 0 or its tier has no endpoint. With no circuit breaker, a probe to a tier
+that is down waits out the judge deadline once per batch.
+
 The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections import deque
@@ -39,6 +60,7 @@ from opentelemetry import trace
 
 from evalstream.cascade_config import CascadeConfig
 from evalstream.circuit import BreakerPolicy, CircuitBreaker
+from evalstream.dimensions import Tier
 from evalstream.pipelines.judge_client import (
     JudgeClient,
     JudgeError,
@@ -46,12 +68,29 @@ from evalstream.pipelines.judge_client import (
     RetryPolicy,
 )
 from evalstream.pipelines.records import DeadReason, SampledEvent, Stage, dead_letter, timestamp
+from evalstream.pipelines.sampling import unit_hash
 from evalstream.v1 import judge_pb2, verdict_pb2
 
-__all__ = ["AUDIT", "DEAD", "CascadeOutcome", "JudgeCascade", "SharedBreakers", "TierBreakers", "judge_batch"]
+__all__ = [
+    "AUDIT",
+    "DEAD",
+    "DEFAULT_PROBE_FRACTION",
+    "CascadeOutcome",
+    "EmbeddingProbe",
+    "JudgeCascade",
+    "SharedBreakers",
+    "TierBreakers",
+    "judge_batch",
+]
 
 DEAD = "dead"
 AUDIT = "audit"
+#: Share of sampled events in the embedding probe's sample (see the module docstring).
+DEFAULT_PROBE_FRACTION = 0.1
+#: Salts the probe's hash of the event id, so its sample is independent of the sampler's.
+PROBE_SALT = "embedding-probe-v1:"
+
+log = logging.getLogger("evalstream.pipelines.cascade")
 
 Call = Callable[[int, judge_pb2.JudgeRequest], judge_pb2.JudgeResponse]
 
@@ -73,6 +112,21 @@ class _DimState:
         return self.tiers[done][0] if done < len(self.tiers) else None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingProbe:
+    """Which events are in the embedding probe's sample, and the tier whose statistics it wants."""
+
+    fraction: float = DEFAULT_PROBE_FRACTION
+    tier: int = int(Tier.ENCODER)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"embedding probe fraction must be in [0, 1], got {self.fraction}")
+
+    def in_sample(self, event_id: str) -> bool:
+        return self.fraction > 0 and unit_hash(PROBE_SALT + event_id) < self.fraction
+
+
 @dataclass(frozen=True, slots=True)
 class CascadeOutcome:
     verdicts: list[verdict_pb2.Verdict]
@@ -88,14 +142,23 @@ def _add_cost(total: verdict_pb2.Cost, part: verdict_pb2.Cost) -> None:
     total.usd += part.usd
 
 
+def _failure(exc: JudgeError) -> tuple[DeadReason, str]:
+    reason = DeadReason.JUDGE_REJECTED if isinstance(exc, JudgeRejected) else DeadReason.JUDGE_UNAVAILABLE
+    return reason, str(exc)
+
+
 def judge_batch(
     items: Sequence[SampledEvent],
     *,
     cascade: CascadeConfig,
     call: Call,
     now: datetime,
+    probe: EmbeddingProbe | None = None,
 ) -> CascadeOutcome:
-    """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure."""
+    """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure.
+
+    ``probe``: the embedding probe (None: off)."""
+    stats: list[dict[str, float]] = [{} for _ in items]
     states = [
         {
             dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers])
@@ -127,12 +190,7 @@ def judge_batch(
                 response = call(tier, request)
                 failure: tuple[DeadReason, str] | None = None
             except JudgeError as exc:
-                reason = (
-                    DeadReason.JUDGE_REJECTED
-                    if isinstance(exc, JudgeRejected)
-                    else DeadReason.JUDGE_UNAVAILABLE
-                )
-                failure = (reason, str(exc))
+                failure = _failure(exc)
                 span.record_exception(exc)
         if failure is None and len(response.results) != len(wanted):
             failure = (
@@ -142,6 +200,8 @@ def judge_batch(
         for pos, (i, ds) in enumerate(wanted):
             result = None if failure else response.results[pos]
             by_dim = {j.dimension: j for j in result.judgements} if result else {}
+            if result is not None and not result.error:
+                stats[i].update(result.stats)
             for dim in ds:
                 st = states[i][dim]
                 st.tried.append(tier)
@@ -174,11 +234,16 @@ def judge_batch(
                         needs_audit=judgement.confidence < threshold,
                     )
 
+    probed = (
+        _probe(items, states, stats, cascade=cascade, probe=probe, call=call, calls=calls)
+        if probe is not None and probe.fraction > 0
+        else {}
+    )
     verdicts: list[verdict_pb2.Verdict] = []
     dead: list[verdict_pb2.DeadLetter] = []
     audits: list[verdict_pb2.Verdict] = []
     version = cascade.version
-    for item, dims in zip(items, states, strict=True):
+    for index, (item, dims) in enumerate(zip(items, states, strict=True)):
         event = item.event
         failed = [(d, st.failure) for d, st in sorted(dims.items()) if st.failure is not None]
         if failed:
@@ -209,11 +274,84 @@ def judge_batch(
             judged_at=timestamp(now),
             cascade_version=version,
             response_chars=len(event.response),
+            response_stats=stats[index],
         )
+        if index in probed:
+            verdict.embedding_probe.CopyFrom(probed[index])
         verdicts.append(verdict)
         if any(d.needs_audit for d in verdict.dimensions):
             audits.append(verdict)
     return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
+
+
+def _probe(
+    items: Sequence[SampledEvent],
+    states: Sequence[dict[str, _DimState]],
+    stats: list[dict[str, float]],
+    *,
+    cascade: CascadeConfig,
+    probe: EmbeddingProbe,
+    call: Call,
+    calls: dict[int, int],
+) -> dict[int, verdict_pb2.EmbeddingProbe]:
+    """The embedding probe for the events of the batch that will get a verdict: marks those in its
+    sample, calls its tier for those the cascade did not send there, and adds their statistics."""
+    tier = probe.tier
+    marks: dict[int, verdict_pb2.EmbeddingProbe] = {}
+    to_call: list[int] = []
+    for i, (item, dims) in enumerate(zip(items, states, strict=True)):
+        if any(st.failure is not None for st in dims.values()) or not probe.in_sample(item.event.event_id):
+            continue
+        if any(tier in st.tried for st in dims.values()):
+            missing = "" if stats[i] else f"tier {tier} judged the event but returned no statistics"
+            marks[i] = verdict_pb2.EmbeddingProbe(tier=tier, error=missing)
+        else:
+            to_call.append(i)
+    if to_call:
+        dimensions = sorted(
+            d for d, spec in cascade.dimensions.items() if any(t.tier == tier for t in spec.tiers)
+        )
+        request = judge_pb2.JudgeRequest(
+            items=[
+                judge_pb2.JudgeItem(item_id=items[i].event.event_id, event=items[i].event) for i in to_call
+            ],
+            dimensions=dimensions,
+        )
+        calls[tier] = calls.get(tier, 0) + 1
+        error = ""
+        with _tracer.start_as_current_span("evalstream.embedding_probe") as span:
+            span.set_attribute("evalstream.judge.tier", tier)
+            span.set_attribute("evalstream.event_ids", [items[i].event.event_id for i in to_call])
+            try:
+                response = call(tier, request)
+            except JudgeError as exc:
+                error = f"embedding probe: {exc}"
+                span.record_exception(exc)
+        if not error and len(response.results) != len(to_call):
+            answered = len(response.results)
+            error = f"embedding probe: tier {tier} answered {answered} results for {len(to_call)} items"
+        for pos, i in enumerate(to_call):
+            problem = error
+            if not problem:
+                result = response.results[pos]
+                if result.error:
+                    problem = f"embedding probe: tier {tier}: {result.error_type}: {result.error}"
+                elif not result.stats:
+                    problem = f"embedding probe: tier {tier} returned no statistics"
+                else:
+                    stats[i].update(result.stats)
+            marks[i] = verdict_pb2.EmbeddingProbe(tier=tier, called=True, error=problem)
+    failures = [m.error for m in marks.values() if m.error]
+    if failures:
+        log.warning(
+            "embedding probe: %d of %d sampled events got no statistics from tier %d (verdicts unchanged); "
+            "first reason: %s",
+            len(failures),
+            len(marks),
+            tier,
+            failures[0],
+        )
+    return marks
 
 
 class TierBreakers:
@@ -275,6 +413,7 @@ class _CascadeFn(beam.DoFn):
         now: datetime | None,
         in_flight: int,
         breakers: SharedBreakers | None = None,
+        probe: EmbeddingProbe | None = None,
     ) -> None:
         missing = [t for t in cascade.tiers if t not in endpoints]
         if missing:
@@ -290,6 +429,10 @@ class _CascadeFn(beam.DoFn):
         self._fixed_now = now
         self._in_flight = in_flight
         self._breakers = breakers
+        if probe is not None and probe.fraction > 0 and probe.tier not in endpoints:
+            log.info("embedding probe off: no judge endpoint for tier %d", probe.tier)
+            probe = None
+        self._probe = probe if probe is not None and probe.fraction > 0 else None
         self._clients: dict[int, JudgeClient] = {}
 
     def setup(self) -> None:
@@ -304,7 +447,7 @@ class _CascadeFn(beam.DoFn):
                 breaker=breakers.get(tier, target) if breakers is not None else None,
             )
             for tier, target in self._endpoints.items()
-            if tier in self._cascade.tiers
+            if tier in self._cascade.tiers or (self._probe is not None and tier == self._probe.tier)
         }
         self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="judge-cascade")
 
@@ -323,6 +466,7 @@ class _CascadeFn(beam.DoFn):
             cascade=self._cascade,
             call=lambda tier, request: self._clients[tier].judge(request),
             now=self._fixed_now or datetime.now(UTC),
+            probe=self._probe,
         )
 
     def process(
@@ -381,9 +525,11 @@ class JudgeCascade(beam.PTransform):
         batch_size: int = 256,
         in_flight: int = 2,
         breakers: SharedBreakers | None = None,
+        probe: EmbeddingProbe | None = None,
     ) -> None:
+        """``probe``: the embedding probe (None or fraction 0: off)."""
         super().__init__()
-        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers)
+        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers, probe)
         self._batch_size = batch_size
 
     def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:

@@ -12,7 +12,7 @@ from datetime import datetime
 import apache_beam as beam
 
 from evalstream.cascade_config import CascadeConfig
-from evalstream.pipelines.cascade import JudgeCascade, SharedBreakers
+from evalstream.pipelines.cascade import EmbeddingProbe, JudgeCascade, SharedBreakers
 from evalstream.pipelines.decode import Decode, DecodeLimits
 from evalstream.pipelines.dedupe import Dedupe, SharedSeenIds
 from evalstream.pipelines.judge_client import RetryPolicy
@@ -32,6 +32,8 @@ class EvaluateConfig:
     batch_size: int = 256
     #: Per-tier circuit breakers that outlive a batch (None: no breaker, every call waits its deadline).
     breakers: SharedBreakers | None = None
+    #: The embedding probe (``cascade.py``); off without an endpoint for its tier.
+    probe: EmbeddingProbe = field(default_factory=EmbeddingProbe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Evaluate(beam.PTransform):
             now=self._now,
             batch_size=cfg.batch_size,
             breakers=cfg.breakers,
+            probe=cfg.probe,
         )
         dead = (decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten()
         summaries = (

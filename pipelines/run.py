@@ -46,6 +46,7 @@ from kafka.structs import OffsetAndMetadata
 
 from evalstream import topics
 from evalstream.cascade_config import CascadeConfig, default_cascade
+from evalstream.pipelines.cascade import EmbeddingProbe
 from evalstream.pipelines.decode import DecodeLimits
 from evalstream.pipelines.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipelines.evaluate import Evaluate, EvaluateConfig
@@ -235,6 +236,7 @@ class MicroBatchRunner:
                 max_event_bytes=settings.max_event_bytes, max_age=timedelta(hours=settings.max_event_age_h)
             ),
             batch_size=settings.judge_batch_size,
+            probe=EmbeddingProbe(fraction=settings.embedding_probe_fraction),
         )
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)
@@ -502,6 +504,11 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-wait-s", type=float)
     p.add_argument("--judge-deadline-s", type=float)
     p.add_argument("--max-event-bytes", type=int)
+    p.add_argument(
+        "--embedding-probe-fraction",
+        type=float,
+        help="share of sampled events also sent to tier 1 for embedding statistics (0: off; default 0.1)",
+    )
     p.add_argument("--exit-when-idle-s", type=float, help="exit after this long with no new events")
     p.add_argument("--no-transactions", action="store_true", help="at-least-once instead of transactions")
     p.add_argument("--runner", default="local", help="local (micro-batches) or a Beam streaming runner")

@@ -55,6 +55,9 @@ class PipelineSettings(BaseSettings):
     judge_breaker_failures: Annotated[int, Field(ge=0)] = 5
     #: Seconds a tier's circuit stays open before one probe call is let through.
     judge_breaker_open_s: Annotated[float, Field(ge=0)] = 5.0
+    #: Share of sampled events in the embedding probe's sample: those tier 1 did not judge are sent to it
+    #: for their embedding statistics only (drift; never a label). 0: off. Off without a tier-1 judge.
+    embedding_probe_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
     #: Events larger than this are dead-lettered as "oversized".
     max_event_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     #: Events older than this many hours are dead-lettered as "stale_event_time".

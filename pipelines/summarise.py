@@ -3,8 +3,14 @@
 Every input record of a batch is accounted for in the event-level summaries (``dimension == ""``):
 ``events_in = unsampled + judged + dead_lettered``, with dead letters counted by reason (decode
 failures have no model and land under model ``""``). Response lengths go into a KLL sketch for
-drift. Dimension-level summaries carry label counts, score sums and a KLL sketch of scores. Every
-summary carries the batch id, so a consumer can apply each partial once.
+drift. Verdicts in the embedding probe's sample (``Verdict.embedding_probe``, a uniform sample of
+judged events: ``cascade.py``) add their response statistics to one KLL sketch per statistic
+(``response_stat_sketches``), are counted (``embedding_probe_events``, and ``_failures`` for those
+without statistics), and their probe calls count in ``calls_by_tier``. Verdicts outside the sample
+keep their statistics (e.g. from tier 1 after an escalation) but add none to the sketches: those
+would describe the escalated responses, not the traffic. Dimension-level summaries carry label
+counts, score sums and a KLL sketch of scores. Every summary carries the batch id, so a consumer can
+apply each partial once.
 """
 
 from __future__ import annotations
@@ -55,28 +61,42 @@ class _Acc:
     latency_ms: float = 0.0
     usd: float = 0.0
     sketch: kll_floats_sketch | None = None
+    probe_events: int = 0
+    probe_failures: int = 0
+    stat_sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
 
     def __getstate__(self) -> dict[str, object]:
         # datasketches objects do not pickle; Beam pickles accumulators between stages.
         state = {name: getattr(self, name) for name in self.__slots__}
         state["sketch"] = self.sketch.serialize() if self.sketch is not None else None
+        state["stat_sketches"] = {name: s.serialize() for name, s in self.stat_sketches.items()}
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         raw = state.pop("sketch")
+        stats = state.pop("stat_sketches")
         for name, value in state.items():
             setattr(self, name, value)
         self.sketch = kll_floats_sketch.deserialize(raw) if isinstance(raw, bytes) else None
+        assert isinstance(stats, dict)
+        self.stat_sketches = {str(name): kll_floats_sketch.deserialize(b) for name, b in stats.items()}
 
     def observe(self, value: float) -> None:
         if self.sketch is None:
             self.sketch = kll_floats_sketch(KLL_K)
         self.sketch.update(value)
 
+    def observe_stat(self, name: str, value: float) -> None:
+        sketch = self.stat_sketches.get(name)
+        if sketch is None:
+            sketch = self.stat_sketches[name] = kll_floats_sketch(KLL_K)
+        sketch.update(value)
+
     def merge(self, other: _Acc) -> None:
         for name in (
             "events_in", "unsampled", "judged", "dead", "duplicates", "chars_sum", "score_sum",
             "score_sq_sum", "confidence_sum", "audits", "input_tokens", "output_tokens", "latency_ms", "usd",
+            "probe_events", "probe_failures",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
@@ -87,6 +107,11 @@ class _Acc:
             if self.sketch is None:
                 self.sketch = kll_floats_sketch(KLL_K)
             self.sketch.merge(other.sketch)
+        for name, sketch in other.stat_sketches.items():
+            mine = self.stat_sketches.get(name)
+            if mine is None:
+                mine = self.stat_sketches[name] = kll_floats_sketch(KLL_K)
+            mine.merge(sketch)
 
 
 def _minute(seconds: int) -> int:
@@ -138,6 +163,14 @@ def _apply(acc: _Acc, fact: Fact) -> None:
         acc.judged += 1
         acc.chars_sum += element.response_chars
         acc.observe(element.response_chars)
+        if element.HasField("embedding_probe"):
+            probe = element.embedding_probe
+            acc.probe_events += 1
+            acc.probe_failures += int(bool(probe.error))
+            if probe.called:
+                acc.calls_by_tier[probe.tier] += 1
+            for name, value in element.response_stats.items():
+                acc.observe_stat(name, value)
     elif isinstance(element, verdict_pb2.DeadLetter):
         acc.dead += 1
         acc.duplicates += int(element.error_type == "duplicate_event_id")
@@ -163,6 +196,11 @@ def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str) -> summary_pb2.Summar
         summary.response_chars_sum = acc.chars_sum
         if acc.sketch is not None:
             summary.response_chars_sketch = acc.sketch.serialize()
+        summary.calls_by_tier.update(acc.calls_by_tier)
+        summary.embedding_probe_events = acc.probe_events
+        summary.embedding_probe_failures = acc.probe_failures
+        for name, sketch in sorted(acc.stat_sketches.items()):
+            summary.response_stat_sketches[name] = sketch.serialize()
     else:
         summary.label_counts.update(acc.labels)
         summary.score_sum = acc.score_sum

@@ -7,6 +7,7 @@ import pickle
 from datetime import timedelta
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -342,7 +343,11 @@ def test_summaries_balance_and_match_between_beam_and_pure() -> None:
         copy.CopyFrom(summary)
         copy.ClearField("response_chars_sketch")
         copy.ClearField("score_sketch")
-        return copy.SerializeToString(deterministic=True) + repr(sizes).encode()
+        copy.ClearField("response_stat_sketches")
+        stat_sizes = {
+            k: kll_floats_sketch.deserialize(b).n for k, b in summary.response_stat_sketches.items()
+        }
+        return copy.SerializeToString(deterministic=True) + repr((sizes, sorted(stat_sizes.items()))).encode()
 
     assert (
         sum(
@@ -357,16 +362,66 @@ def test_summaries_balance_and_match_between_beam_and_pure() -> None:
         assert_that(out | beam.Map(without_sketches), equal_to([without_sketches(s) for s in pure]))
 
 
+def test_embedding_statistics_of_the_probe_sample_go_into_sketches_and_beam_agrees() -> None:
+    """Verdicts in the probe's sample add their statistics, one sketch per statistic; verdicts outside
+    it (statistics from an escalation) add none; probe calls and failures are counted."""
+    rng = np.random.default_rng(5)
+    cosine, pc1 = rng.uniform(-0.2, 0.9, 150), rng.normal(0, 0.3, 150)
+
+    def verdict(i: int, *, probe: verdict_pb2.EmbeddingProbe | None, stats: bool) -> verdict_pb2.Verdict:
+        v = verdict_pb2.Verdict(event_id=f"v{i}", model="m1", route="chat", response_chars=5)
+        if stats:
+            v.response_stats.update({"embedding_centroid_cosine": cosine[i], "embedding_pc1": pc1[i]})
+        if probe is not None:
+            v.embedding_probe.CopyFrom(probe)
+        return v
+
+    called = verdict_pb2.EmbeddingProbe(tier=1, called=True)
+    seen = verdict_pb2.EmbeddingProbe(tier=1, called=False)  # tier 1 had judged it already
+    failed = verdict_pb2.EmbeddingProbe(tier=1, called=True, error="embedding probe: circuit open")
+    elements: list[object] = [
+        *(verdict(i, probe=called, stats=True) for i in range(0, 100)),
+        *(verdict(i, probe=seen, stats=True) for i in range(100, 120)),
+        *(verdict(i, probe=None, stats=True) for i in range(120, 150)),  # escalated, not in the sample
+        *(verdict(i, probe=failed, stats=False) for i in range(150, 160)),
+    ]
+    (event_level,) = summaries_from(elements, "b")
+    assert event_level.embedding_probe_events == 130 and event_level.embedding_probe_failures == 10
+    assert dict(event_level.calls_by_tier) == {1: 110}
+    assert sorted(event_level.response_stat_sketches) == ["embedding_centroid_cosine", "embedding_pc1"]
+    for name, values in (("embedding_centroid_cosine", cosine[:120]), ("embedding_pc1", pc1[:120])):
+        sk = kll_floats_sketch.deserialize(event_level.response_stat_sketches[name])
+        assert not sk.is_estimation_mode() and sk.n == 120  # exact: it holds every value
+        stored = np.sort(values.astype(np.float32))
+        assert sk.get_quantiles([0.0, 0.5, 1.0], True) == [stored[0], stored[59], stored[-1]]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(elements) | Summarise("b")
+        assert_that(
+            out
+            | beam.Map(
+                lambda s: (
+                    s.embedding_probe_events,
+                    s.embedding_probe_failures,
+                    dict(s.calls_by_tier),
+                    {k: kll_floats_sketch.deserialize(b).n for k, b in s.response_stat_sketches.items()},
+                )
+            ),
+            equal_to([(130, 10, {1: 110}, {"embedding_centroid_cosine": 120, "embedding_pc1": 120})]),
+        )
+
+
 def test_records_survive_pickling() -> None:
     """Everything that crosses a Beam boundary round-trips through the pickle coder."""
     coder = beam.coders.registry.get_coder(object)
     acc = _Acc(events_in=2)
     acc.observe(3.0)
+    acc.observe_stat("embedding_pc1", -0.25)
     for value in (record(b"x", 7), _decoded("a", 1), _sampled("s"), acc):
         again = coder.decode(coder.encode(value))
         assert type(again) is type(value)
         if isinstance(value, _Acc):
             assert again.events_in == 2 and again.sketch is not None and again.sketch.get_quantile(0.5) == 3.0
+            assert again.stat_sketches["embedding_pc1"].get_quantile(0.5) == -0.25
         else:
             assert again == value
     assert pickle.loads(pickle.dumps(CASCADE)) == CASCADE
