@@ -12,6 +12,7 @@ from datasketches import kll_floats_sketch
 from prometheus_client import CollectorRegistry, generate_latest
 from scipy.stats import chi2, chi2_contingency
 
+from evalstream.dimensions import EmbeddingStat
 from evalstream.services.exporter.core import SPECS, ExporterCore
 from evalstream.services.exporter.drift import (
     PSI_FLOOR,
@@ -392,3 +393,133 @@ def test_other_window_settings_drop_the_saved_windows_and_their_gauges():
         )
         is None
     )
+
+
+# --- embedding statistics ---------------------------------------------------------------------------
+
+
+def stats_summary(minute: int, stats: dict[str, list[float]], *, model="m") -> summary_pb2.Summary:
+    s = summary_pb2.Summary(
+        batch_id="b", model=model, model_version="v1", route="chat", window_start_unix=minute
+    )
+    for name, values in stats.items():
+        s.response_stat_sketches[name] = sketch(values).serialize()
+    return s
+
+
+def test_embedding_statistics_are_one_feature_named_in_dimension_and_unknown_names_are_skipped():
+    t, totals = tracker(bucket_s=60, current_s=600, reference_s=1800, reference_bucket_s=600)
+    rng = np.random.default_rng(11)
+    base = 30 * H
+    for i in range(40):  # 30 minutes of one distribution, then 10 where responses are less typical
+        stats = {
+            "embedding_centroid_cosine": rng.beta(5, 3, 100) if i < 30 else rng.beta(3, 3, 100),
+            "embedding_pc1": rng.normal(0, 0.2, 100),  # unchanged
+        }
+        if i >= 30:
+            stats["made_up_statistic"] = np.array([1.0, 2.0])
+        t.add_summary("m", "chat", "", stats_summary(base + 60 * i, stats))
+    t.publish()
+    psi_ = totals.values["evalstream_drift_psi"]
+    cosine, pc1 = (
+        ("m", "chat", "embedding", "embedding_centroid_cosine"),
+        ("m", "chat", "embedding", "embedding_pc1"),
+    )
+    assert set(psi_) == {cosine, pc1}  # the unknown statistic got no series
+    assert totals.values["evalstream_drift_skipped_total"][("unknown_statistic",)] == 10
+    assert totals.values["evalstream_drift_current_samples"][cosine] == 1000
+    assert totals.values["evalstream_drift_reference_samples"][cosine] == 3000
+    assert psi_[cosine] > 0.25 and totals.values["evalstream_drift_pvalue"][cosine] < 1e-10
+    assert psi_[pc1] < 0.05 and totals.values["evalstream_drift_pvalue"][pc1] > 0.001
+    # a restart brings the embedding windows back
+    saved = json.loads(json.dumps(t.state()))
+    again_totals = Totals.from_json(SPECS, json.loads(json.dumps(totals.to_json())))
+    again = DriftTracker(
+        DriftConfig(bucket_s=60, current_s=600, reference_s=1800, reference_bucket_s=600), again_totals, saved
+    )
+    assert json.loads(json.dumps(again.state())) == saved  # the same sketches, byte for byte
+    before, after = t.compare("m", "chat"), again.compare("m", "chat")
+    assert set(after) == {("embedding", "embedding_centroid_cosine"), ("embedding", "embedding_pc1")}
+    for key, cmp in after.items():  # KLL merges are randomised: equal within the sketch's error
+        assert (cmp.current_n, cmp.reference_n) == (before[key].current_n, before[key].reference_n)
+        assert cmp.psi == pytest.approx(before[key].psi, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def xstest_embedding_stats(encoder_artefact, shared_data):
+    """Every XSTest completion of two models, through the real trained encoder judge: the response
+    statistics per model, in prompt order."""
+    from evalstream.datasets import read_xstest
+    from evalstream.services.judges.base import JudgeInput
+    from evalstream.services.judges.encoder import EncoderJudge
+
+    judge = EncoderJudge.load(encoder_artefact)
+    out = {}
+    for model in ("mistralinstruct", "llama2orig"):
+        records = [r for r in read_xstest(shared_data) if r.model == model]
+        items = [
+            JudgeInput(
+                item_id=r.prompt_id, model=model, messages=(("user", r.prompt),), response=r.completion
+            )
+            for r in records
+        ]
+        outcomes = judge.judge_batch(items, frozenset({"refusal"}))
+        out[model] = [o.stats for o in outcomes]
+    return out
+
+
+def _verdicts(stats, minute: int, model: str):
+    from evalstream.v1 import verdict_pb2
+
+    for i, s in enumerate(stats):
+        v = verdict_pb2.Verdict(event_id=f"{model}-{minute}-{i}", model=model, route="chat", response_chars=1)
+        v.event_time.seconds = minute
+        v.response_stats.update(s)
+        v.embedding_probe.tier = 1
+        v.embedding_probe.called = True
+        yield v
+
+
+@pytest.mark.slow
+def test_embedding_drift_on_real_xstest_completions_mistral_to_llama2(xstest_embedding_stats):
+    """Summaries built by the pipeline's summariser from the real encoder's statistics, through the
+    exporter core: Mistral-Instruct's answers as the reference, then Llama-2 (original system prompt)
+    answering the other half of the prompts, against Mistral (and Llama-2) answering them. Same sizes
+    (225 a window), disjoint prompts in both cases: only the model differs."""
+    from evalstream.pipelines.summarise import summaries_from
+
+    mistral, llama = xstest_embedding_stats["mistralinstruct"], xstest_embedding_stats["llama2orig"]
+    cases = {  # key (the model label) -> (reference, current)
+        "mistral-halves": (mistral[::2], mistral[1::2]),
+        "llama-halves": (llama[::2], llama[1::2]),
+        "mistral-to-llama": (mistral[::2], llama[1::2]),
+    }
+    core, registry = _core()
+    ref_minute, cur_minute = 9 * H, 9 * H + 1500
+    for window, minute in ((0, ref_minute), (1, cur_minute)):  # the reference first, then the current
+        for key, pair in cases.items():
+            for s in summaries_from(_verdicts(pair[window], minute, key), f"batch-{window}"):
+                core.apply_summary(s)
+    core.publish()
+
+    def gauge(name, key, stat):
+        return registry.get_sample_value(
+            name, {"model": key, "route": "chat", "feature": "embedding", "dimension": stat}
+        )
+
+    figures = {
+        stat.value: {
+            key: (gauge("evalstream_drift_psi", key, stat), gauge("evalstream_drift_pvalue", key, stat))
+            for key in cases
+        }
+        for stat in EmbeddingStat
+    }
+    for stat, row in figures.items():
+        print(stat, {k: f"PSI {p:.3f} p {q:.2g}" for k, (p, q) in row.items()})
+    assert all(gauge("evalstream_drift_current_samples", k, "embedding_pc1") == 225 for k in cases)
+    for stat in ("embedding_centroid_cosine", "embedding_pc2"):
+        same = max(figures[stat]["mistral-halves"][0], figures[stat]["llama-halves"][0])
+        shifted, p_value = figures[stat]["mistral-to-llama"]
+        assert same < 0.2, (stat, figures[stat])  # two halves of one model: sampling noise only
+        assert shifted > 0.3 and shifted > 2.5 * same, (stat, figures[stat])  # a real shift
+        assert p_value < 1e-6, (stat, figures[stat])

@@ -148,6 +148,27 @@ def test_verdict_labels_tiers_escalations_audits_cost_and_latency():
     assert _value(reg, "evalstream_verdict_lag_seconds_sum") == pytest.approx(1.5)
 
 
+def test_embedding_probe_calls_count_as_tier_calls_with_no_dimension_and_failures_are_counted():
+    core, reg = _core()
+    refusal = _dim("refusal", "full_refusal", deciding=0, tried=(0,))
+    plain = _verdict(refusal)
+    called = _verdict(refusal)
+    called.embedding_probe.CopyFrom(verdict_pb2.EmbeddingProbe(tier=1, called=True))
+    seen = _verdict(_dim("refusal", "full_compliance", deciding=1, tried=(0, 1)))
+    seen.embedding_probe.CopyFrom(verdict_pb2.EmbeddingProbe(tier=1, called=False))
+    failed = _verdict(refusal)
+    failed.embedding_probe.CopyFrom(verdict_pb2.EmbeddingProbe(tier=1, called=True, error="circuit open"))
+    for v in (plain, called, seen, failed):
+        core.apply_verdict(v)
+    core.publish()
+    r = {**M, "dimension": "refusal"}
+    assert _value(reg, "evalstream_judge_calls_total", **M, dimension="", tier="1") == 2  # the probe's
+    assert _value(reg, "evalstream_judge_calls_total", **r, tier="1") == 1  # the escalation
+    assert _value(reg, "evalstream_judge_calls_total", **r, tier="0") == 4
+    assert _value(reg, "evalstream_embedding_probe_events_total", **M) == 3
+    assert _value(reg, "evalstream_embedding_probe_failures_total", **M) == 1
+
+
 def test_quality_histogram_buckets_are_inclusive_upper_bounds():
     core, reg = _core()
     for score in (1.0, 3.0, 3.5, 7.0, 10.0):

@@ -278,8 +278,8 @@ OVERVIEW = DashboardSpec(
                 ts(
                     "Drift: population stability index",
                     "PSI of the current window against the reference (trailing day or a pinned baseline), "
-                    "per model, route and feature (response length, refusal rate, score per dimension), "
-                    "with the line the drift alert fires above.",
+                    "per model, route and feature (response length, refusal rate, score per dimension, "
+                    "tier-1 embedding statistics), with the line the drift alert fires above.",
                     t(
                         f"max by (model, route, feature, dimension) (evalstream_drift_psi{{{SEL}}})",
                         "{{model}} {{route}} {{feature}} {{dimension}}",

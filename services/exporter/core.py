@@ -13,8 +13,10 @@ What comes from where (the contract with the pipeline):
 - dimension-level ``Summary``: its counts duplicate the verdicts' and are ignored; its score
   sketch and refusal label counts feed drift.
 - ``Verdict``: labels per dimension, the quality score, deciding tier and tiers tried (calls and
-  escalations), audits, tokens, cost and judge latency, and the lag from event to verdict; each
-  verdict also waits in the judge-agreement join for human labels.
+  escalations), audits, tokens, cost and judge latency, and the lag from event to verdict; the
+  embedding probe (events in its sample, those left without statistics, and its extra calls, counted
+  in ``evalstream_judge_calls_total`` with no dimension); each verdict also waits in the
+  judge-agreement join for human labels.
 - human label (``evalstream.labels``, JSON): joined to its verdict by event id (``agreement.py``).
 
 Drift (``drift.py``) and judge agreement (``agreement.py``) keep their own state, saved with the
@@ -89,6 +91,8 @@ LABELS: Final = "evalstream_verdict_labels_total"
 QUALITY: Final = "evalstream_quality_score"
 DECISIONS: Final = "evalstream_judge_decisions_total"
 CALLS: Final = "evalstream_judge_calls_total"
+PROBE_EVENTS: Final = "evalstream_embedding_probe_events_total"
+PROBE_FAILURES: Final = "evalstream_embedding_probe_failures_total"
 ESCALATIONS: Final = "evalstream_judge_escalations_total"
 AUDITS: Final = "evalstream_judge_audits_total"
 INPUT_TOKENS: Final = "evalstream_judge_input_tokens_total"
@@ -127,7 +131,13 @@ SPECS: Final = (
         buckets=QUALITY_BUCKETS,
     ),
     _spec(DECISIONS, "Dimension verdicts by the tier whose judgement was accepted.", _MDT),
-    _spec(CALLS, "Judge calls per tier (every tier tried for a dimension verdict).", _MDT),
+    _spec(
+        CALLS,
+        "Judge calls per tier (every tier tried for a dimension verdict; embedding probe: no dimension).",
+        _MDT,
+    ),
+    _spec(PROBE_EVENTS, "Verdicts in the embedding probe's sample (Verdict.embedding_probe).", _M),
+    _spec(PROBE_FAILURES, "Verdicts in the embedding probe's sample left without statistics.", _M),
     _spec(ESCALATIONS, "Escalations to a stronger tier (tiers tried minus one).", _MD),
     _spec(AUDITS, "Dimension verdicts no tier was sure of, sent to human audit (abstentions).", _MD),
     _spec(INPUT_TOKENS, "Judge input tokens, attributed to the deciding tier.", _MDT),
@@ -279,6 +289,13 @@ class ExporterCore:
             joined.append(
                 VerdictDimension(dimension=dim.dimension, tier=tier, label=dim.label, audited=dim.needs_audit)
             )
+        if verdict.HasField("embedding_probe"):
+            probe = verdict.embedding_probe
+            t.inc(PROBE_EVENTS, m)
+            t.inc(PROBE_FAILURES, m, float(bool(probe.error)))
+            if probe.called:
+                key = (*m, "", self._label(LabelName.TIER, str(probe.tier)))
+                calls[key] = calls.get(key, 0.0) + 1.0
         self.agreement.add_verdict(verdict.event_id, joined, record_s or _seconds(verdict.judged_at))
         return Outcome.APPLIED
 

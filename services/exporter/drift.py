@@ -5,9 +5,17 @@ Features (``Feature``), all from the pipeline's ``Summary`` partials:
 - ``response_chars``: response length, the KLL sketch of event-level summaries;
 - ``score`` (per ``dimension``): judge scores, the KLL sketch of dimension-level summaries;
 - ``refusal_rate``: refusals (full or partial) among refusal verdicts, from the refusal summaries'
-  label counts (exact counts, no sketch).
-
-Embedding statistics are not compared: the summaries do not carry them yet.
+  label counts (exact counts, no sketch);
+- ``embedding`` (per statistic, named in the ``dimension`` label: ``embedding_centroid_cosine``,
+  ``embedding_pc1``, ``embedding_pc2``, ``evalstream.dimensions.EmbeddingStat``): the tier-1 encoder's
+  statistics of the response embedding against its training profile (cosine to the training
+  centroid, coordinates on the first two principal axes; ``services/judges/encoder.py``), the KLL
+  sketches of event-level summaries, built from the embedding probe's uniform sample of judged events
+  (``pipelines/cascade.py``). One feature with the statistic in ``dimension`` rather than one feature
+  per statistic: the statistics are one family from one source, read and alerted on together, and
+  ``dimension`` already names the member of a family (as for ``score``). Names outside
+  ``EmbeddingStat`` are skipped and counted (``reason="unknown_statistic"``), so a judge cannot grow
+  the label set.
 
 Windows are in event time, by the summaries' minute. The drift clock (the watermark) is the newest
 summary minute seen, capped at the Kafka time of its record so that one event dated in the future
@@ -60,7 +68,7 @@ from datasketches import kll_floats_sketch
 from numpy.typing import ArrayLike
 from scipy.stats import chi2_contingency, entropy
 
-from evalstream.dimensions import Dimension, RefusalLabel
+from evalstream.dimensions import Dimension, EmbeddingStat, RefusalLabel
 from evalstream.v1 import summary_pb2
 
 from .labels import LabelName
@@ -84,6 +92,7 @@ __all__ = [
 DEFAULT_BINS: Final = 10
 #: Smallest share a bin counts with in PSI (a common choice; an empty bin would give infinity).
 PSI_FLOOR: Final = 1e-4
+_STATISTICS: Final = frozenset(s.value for s in EmbeddingStat)
 #: Refusal labels that count as a refusal (as in the recording rule ``evalstream:refusal:ratio_rate1h``).
 REFUSING: Final = frozenset({RefusalLabel.FULL_REFUSAL.value, RefusalLabel.PARTIAL_REFUSAL.value})
 
@@ -125,6 +134,7 @@ class Feature(StrEnum):
     RESPONSE_CHARS = "response_chars"
     SCORE = "score"
     REFUSAL_RATE = "refusal_rate"
+    EMBEDDING = "embedding"
 
 
 class Reference(StrEnum):
@@ -411,6 +421,11 @@ class DriftTracker:
                 if summary.response_chars_sketch:
                     sketch = _sketch_from(summary.response_chars_sketch)
                     facts.append(((Feature.RESPONSE_CHARS.value, ""), sketch, None))
+                for name, raw in sorted(summary.response_stat_sketches.items()):
+                    if name not in _STATISTICS:
+                        self._totals.inc(SKIPPED, ("unknown_statistic",))
+                    elif raw:
+                        facts.append(((Feature.EMBEDDING.value, name), _sketch_from(raw), None))
             else:
                 if summary.score_sketch:
                     sketch = _sketch_from(summary.score_sketch)

@@ -25,8 +25,7 @@ training time on the unit-length embeddings of every training-side response (bot
   responses, as a whole;
 - ``embedding_pc1``, ``embedding_pc2``: ``PCA.transform``, the coordinates of the embedding minus
   the centroid on the training embeddings' first two principal axes: where the response moved, in
-  the two directions along which training responses differ most (on XSTest the first separates
-  refusals from answers).
+  the two directions along which training responses differ most.
 
 ``PROFILE_VIEW`` is the refusal recipe's response view, so a request that asks for refusal costs no
 extra encoder pass; a request for quality alone embeds the response once more at 64 word pieces.
