@@ -109,6 +109,8 @@ def without_probe(verdict: verdict_pb2.Verdict) -> bytes:
     copy.CopyFrom(verdict)
     copy.ClearField("response_stats")
     copy.ClearField("embedding_probe")
+    for dim in copy.dimensions:  # measured by a real server: differs from one run to the next
+        dim.cost.latency_ms = 0.0
     return copy.SerializeToString(deterministic=True)
 
 
@@ -255,14 +257,20 @@ def test_per_item_errors_and_missing_statistics_are_probe_failures_only() -> Non
     assert reasons["error"] and reasons["none"] and reasons["ok"], reasons
 
 
-# --- with the real encoder judge -------------------------------------------------------------------
+# --- with the real encoder judge, over real gRPC ------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_real_encoder_probe_on_xstest(encoder_artefact: Path, shared_data: Path) -> None:
-    """Rules at tier 0, the trained encoder at tier 1: the probe's statistics are the encoder's, for
-    exactly the sampled events, and no label moves."""
+def test_real_encoder_probe_on_xstest_over_grpc(encoder_artefact: Path, shared_data: Path) -> None:
+    """The rules judge and the trained encoder each behind a real gRPC server, called by the pipeline's
+    judge client: the probe's statistics cross the wire and are the encoder's, for exactly the events
+    of its sample, and no label moves. Then tier 1 stops: the probe fails, the decisions stand."""
+    from prometheus_client import CollectorRegistry
+
+    from evalstream.pipelines.judge_client import JudgeClient, RetryPolicy
     from evalstream.services.judges.encoder import EncoderJudge
+    from evalstream.services.judges.server import create_server
+    from evalstream.services.judges.settings import JudgeServerSettings
 
     records = [r for r in read_xstest(shared_data) if r.model == "mistralinstruct"][:150]
     items = [
@@ -280,24 +288,60 @@ def test_real_encoder_probe_on_xstest(encoder_artefact: Path, shared_data: Path)
         for r in records
     ]
     encoder = EncoderJudge.load(encoder_artefact)
-    call = InProcessJudges({0: RulesJudge.load(), 1: encoder})
-    plain = run(items, call, None)
-    probe = EmbeddingProbe(fraction=0.3)
-    probed = run(items, call, probe)
-    assert_same_decisions(plain, probed, len(items))
-    sampled = [v for v in probed.verdicts if v.HasField("embedding_probe")]
-    assert len(sampled) == sum(probe.in_sample(i.event.event_id) for i in items)
-    assert sampled and all(not v.embedding_probe.error for v in sampled)
-    names = {s.value for s in EmbeddingStat}
-    assert all(set(v.response_stats) == names for v in sampled)
-    # the probe's statistics are what the encoder says for that response, alone
-    for v in sampled[:5]:
-        (item,) = [i for i in items if i.event.event_id == v.event_id]
-        (alone,) = encoder.judge_batch(
+    servers, clients = {}, {}
+    try:
+        for tier, judge in ((0, RulesJudge.load()), (1, encoder)):
+            server, port = create_server(JudgeServerSettings(port=0, grace_s=1.0), judge, CollectorRegistry())
+            server.start()
+            servers[tier] = server
+            clients[tier] = JudgeClient(f"127.0.0.1:{port}", tier=tier, policy=RetryPolicy(deadline_s=5))
+
+        def call(tier, request):
+            return clients[tier].judge(request)
+
+        plain = run(items, call, None)
+        probe = EmbeddingProbe(fraction=0.3)
+        probed = run(items, call, probe)
+        assert_same_decisions(plain, probed, len(items))
+        sampled = [v for v in probed.verdicts if v.HasField("embedding_probe")]
+        assert len(sampled) == sum(probe.in_sample(i.event.event_id) for i in items)
+        assert any(v.embedding_probe.called for v in sampled)
+        assert sampled and all(not v.embedding_probe.error for v in sampled)
+        names = {s.value for s in EmbeddingStat}
+        assert all(set(v.response_stats) == names for v in sampled)
+        by_id = {i.event.event_id: i for i in items}
+        alone = encoder.judge_batch(
             to_inputs(
-                judge_pb2.JudgeRequest(items=[judge_pb2.JudgeItem(item_id=v.event_id, event=item.event)])
+                judge_pb2.JudgeRequest(
+                    items=[
+                        judge_pb2.JudgeItem(item_id=v.event_id, event=by_id[v.event_id].event)
+                        for v in sampled
+                    ]
+                )
             ),
             frozenset({"refusal"}),
         )
-        for name in names:
-            assert v.response_stats[name] == pytest.approx(alone.stats[name], abs=1e-4)
+        for v, mine in zip(sampled, alone, strict=True):
+            for name in names:
+                assert v.response_stats[name] == pytest.approx(mine.stats[name], abs=1e-4)
+
+        servers.pop(1).stop(None).wait(10)  # tier 1 goes away
+        clients[1] = JudgeClient(clients[1].target, tier=1, policy=RetryPolicy(deadline_s=0.5))
+        only_tier0 = CascadeConfig(
+            version="tier0",
+            dimensions={
+                d: DimensionCascade(tiers=[TierRule(tier=0, threshold=0.0)]) for d in CASCADE.dimensions
+            },
+        )
+        without = judge_batch(items, cascade=only_tier0, call=call, now=NOW)
+        failing = judge_batch(items, cascade=only_tier0, call=call, now=NOW, probe=probe)
+        assert_same_decisions(without, failing, len(items))
+        assert not failing.dead
+        marked = [v for v in failing.verdicts if v.HasField("embedding_probe")]
+        assert marked and all(v.embedding_probe.error and not v.response_stats for v in marked)
+        assert "judge tier 1" in marked[0].embedding_probe.error
+    finally:
+        for client in clients.values():
+            client.close()
+        for server in servers.values():
+            server.stop(None).wait(10)
