@@ -10,7 +10,10 @@ Exceptions (``grpc.RpcError`` never leaves this module)::
 
 Retry policy: one overall deadline shared by all attempts; each attempt's gRPC timeout is the
 smaller of ``attempt_timeout_s`` and what is left; jittered exponential backoff; stop early when
-the next sleep would pass the deadline; sleeps end at once when ``stop`` is set.
+the next sleep would pass the deadline; sleeps end at once when ``stop`` is set. A tier may have its
+own deadline (``tier_deadlines_s``; the pipeline gives the LLM tier 120 s by default), its attempts
+then taking up to half of it. Judge servers bound their work by the call's gRPC deadline
+(``services/judges/server.py``), so deadlines nest.
 
 Circuit breaker (optional, ``breaker=``; ``evalstream.circuit``): without it, every call to a tier
 that is down waits out the whole deadline, so while a tier is down each batch takes at least the
@@ -28,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from tenacity import (
@@ -77,6 +80,21 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
     jitter_s: float = 0.05
     retryable: frozenset[grpc.StatusCode] = field(default=RETRYABLE)
+    #: Per-tier overall deadlines, (tier, seconds), for tiers slower than ``deadline_s`` allows (an LLM
+    #: judging a batch of hundreds). Such a tier's attempts may take half its deadline each.
+    tier_deadlines_s: tuple[tuple[int, float], ...] = ()
+
+    def for_tier(self, tier: int) -> RetryPolicy:
+        """The policy one tier's client uses."""
+        for t, seconds in self.tier_deadlines_s:
+            if t == tier:
+                return replace(
+                    self,
+                    deadline_s=seconds,
+                    attempt_timeout_s=max(self.attempt_timeout_s, seconds / 2),
+                    tier_deadlines_s=(),
+                )
+        return self
 
 
 class _Stopped(Exception):
@@ -98,7 +116,7 @@ class JudgeClient:
     ) -> None:
         self.target = target
         self.tier = tier
-        self._policy = policy
+        self._policy = policy.for_tier(tier)
         self._breaker = breaker
         self._stop = stop or threading.Event()
         self._clock = clock

@@ -12,6 +12,14 @@ streaming mode, and ``ReadFromKafka`` needing a Java expansion service that cann
 On Flink or Dataflow (``--runner FlinkRunner|DataflowRunner``), ``build_streaming`` wires the same
 ``Evaluate`` transform to Beam's unbounded ``ReadFromKafka``/``WriteToKafka`` instead.
 
+A batch's records are all acknowledged before its transaction commits (``_write`` checks every send),
+so a commit never makes a batch visible with some of its records refused. A broker that loses
+acknowledged writes in a crash (noida-db, docs/kafka.md) may also lose committed offsets: the
+consumer is then handed records the runner already committed. The runner notices (an offset below
+the one it committed for that partition), asks the broker where the group's offset now stands,
+skips what is committed there and seeks to it, and forgets its window of recently seen event ids, so
+records whose outputs the broker lost are judged again instead of being taken for duplicates.
+
 Outputs leave the bounded pipeline through a spill directory: a sink DoFn writes each output as a
 length-prefixed record file per bundle, and the loop reads them back to produce them in the
 transaction. This keeps I/O here, works with any local runner mode, and costs ~1 ms per 1,000 records.
@@ -40,13 +48,14 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from evalstream import topics
 from evalstream.cascade_config import CascadeConfig, default_cascade
-from evalstream.pipelines.cascade import EmbeddingProbe
+from evalstream.circuit import BreakerPolicy
+from evalstream.pipelines.cascade import EmbeddingProbe, SharedBreakers
 from evalstream.pipelines.decode import DecodeLimits
 from evalstream.pipelines.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipelines.evaluate import Evaluate, EvaluateConfig
@@ -66,6 +75,10 @@ _OUTPUTS = ("verdicts", "summaries", "dead", "audit")
 _LEN = struct.Struct(">I")
 #: Producer request limit: dead letters keep at most 64 KiB of raw input, so this is generous.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: How long a batch's records may take to be acknowledged before the batch is retried.
+WRITE_TIMEOUT_S = 30.0
+#: Marks the transactional id in the metadata of the pipeline's offset commits (see ``_take_over``).
+TX_NOTE = "tx="
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +219,19 @@ class RunStats:
         return self.events_in / max(self.last_batch_done_at - self.first_batch_at, 1e-9)
 
 
+class _Assignments(ConsumerRebalanceListener):
+    """Counts partition assignments (the first at start; more when the group is rebuilt)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.count += 1
+
+
 class MicroBatchRunner:
     """Consume -> Evaluate -> produce + commit in one transaction, batch after batch."""
 
@@ -231,22 +257,36 @@ class MicroBatchRunner:
             endpoints=parse_endpoints(settings.judges),
             cascade=cascade,
             sampling=sampling,
-            policy=RetryPolicy(deadline_s=settings.judge_deadline_s),
+            policy=RetryPolicy(
+                deadline_s=settings.judge_deadline_s,
+                tier_deadlines_s=tuple(sorted(settings.judge_tier_deadlines_s.items())),
+            ),
             limits=DecodeLimits(
                 max_event_bytes=settings.max_event_bytes, max_age=timedelta(hours=settings.max_event_age_h)
             ),
             batch_size=settings.judge_batch_size,
+            breakers=SharedBreakers(
+                BreakerPolicy(
+                    failure_threshold=settings.judge_breaker_failures, open_s=settings.judge_breaker_open_s
+                )
+            )
+            if settings.judge_breaker_failures
+            else None,
             probe=EmbeddingProbe(fraction=settings.embedding_probe_fraction),
         )
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)
         self._shared_seen = SharedSeenIds(self._seen)
+        self._committed: dict[TopicPartition, int] = {}  # next offset this runner committed, per partition
+        self._announced: KafkaProducer | None = None  # the producer named in the group's offsets
+        self._retired: list[str] = []  # transactional ids of this process's failed producers
+        self._assignments = _Assignments()
 
     def _consumer(self) -> KafkaConsumer:
         s = self._settings
-        return KafkaConsumer(
-            s.input_topic,
+        consumer = KafkaConsumer(
             group_id=s.group_id,
+            group_instance_id=s.group_instance_id or s.transactional_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
@@ -255,6 +295,8 @@ class MicroBatchRunner:
             max_partition_fetch_bytes=16 * 1024 * 1024,
             **self._kafka.client_kwargs(),
         )
+        consumer.subscribe([s.input_topic], listener=self._assignments)
+        return consumer
 
     def _producer(self) -> KafkaProducer:
         """A new producer. Each gets a fresh transactional id (prefix + random suffix): noida-db keeps
@@ -274,6 +316,42 @@ class MicroBatchRunner:
         if s.transactional:
             producer.init_transactions()
         return producer
+
+    def _take_over(
+        self, consumer: KafkaConsumer, producer: KafkaProducer, spans: dict[TopicPartition, tuple[int, int]]
+    ) -> None:
+        """Before a producer's first transaction: abort what earlier producers left open, then name
+        this one in the group's committed offsets.
+
+        A process killed inside a transaction leaves it open. Kafka aborts it after the transaction
+        timeout; noida-db never does (measured), and an open transaction holds every read_committed
+        reader of the partitions it wrote to (the exporter, tests) for good. Each batch's offset
+        commit names its producer's transactional id (``tx=`` in the metadata), and so does a plain
+        commit of the unchanged offsets before a producer's first transaction, so a successor finds
+        the ids that may hold an open transaction and initialises each (which aborts it) before it
+        writes. Ids of this process's own failed producers are fenced the same way."""
+        wanted = set(self._retired)
+        for tp in consumer.assignment():
+            committed = consumer.committed(tp, metadata=True)
+            note = committed.metadata if committed is not None else ""
+            if TX_NOTE in note:
+                wanted.add(note.split(TX_NOTE, 1)[1].split()[0])
+        wanted.discard(producer.config["transactional_id"])
+        for txid in sorted(wanted):
+            fence = KafkaProducer(transactional_id=txid, **self._kafka.client_kwargs())
+            try:
+                fence.init_transactions()  # aborts the transaction it left open, if any
+                log.info("aborted whatever transaction %s had left open", txid)
+            finally:
+                fence.close(timeout=5)
+        self._retired.clear()
+        here = f"{TX_NOTE}{producer.config['transactional_id']}"
+        announce = {}
+        for tp, (lo, _) in spans.items():
+            committed = consumer.committed(tp)
+            announce[tp] = OffsetAndMetadata(lo if committed is None else committed, here, -1)
+        consumer.commit(announce)
+        self._announced = producer
 
     def _poll_batch(self, consumer: KafkaConsumer) -> list[Any]:
         s = self._settings
@@ -295,17 +373,65 @@ class MicroBatchRunner:
         return batch
 
     def _write(self, producer: KafkaProducer, result: BatchResult) -> None:
+        """Send every output and wait until the broker acknowledged each; raise the first failure.
+
+        Checked before the commit: kafka-python can commit a transaction some of whose records the
+        broker refused (seen after a broker crash: OutOfOrderSequenceNumber on the sends, then a
+        commit that returned), which would publish part of a batch and commit its offsets."""
         s = self._settings
+        sent = []
         for verdict in result.verdicts:
-            producer.send(s.verdicts_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString())
+            sent.append(
+                producer.send(
+                    s.verdicts_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString()
+                )
+            )
         for summary in result.summaries:
             key = f"{summary.model}|{summary.model_version}|{summary.route}|{summary.dimension}"
-            producer.send(s.summaries_topic, key=key.encode(), value=summary.SerializeToString())
+            sent.append(producer.send(s.summaries_topic, key=key.encode(), value=summary.SerializeToString()))
         for letter in result.dead:
             key = letter.event_id or f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
-            producer.send(s.deadletter_topic, key=key.encode(), value=letter.SerializeToString())
+            sent.append(producer.send(s.deadletter_topic, key=key.encode(), value=letter.SerializeToString()))
         for verdict in result.audit:
-            producer.send(s.audit_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString())
+            sent.append(
+                producer.send(s.audit_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString())
+            )
+        producer.flush(timeout=WRITE_TIMEOUT_S)
+        for future in sent:
+            if not future.is_done:
+                raise KafkaTimeoutError(f"a record was not acknowledged within {WRITE_TIMEOUT_S:.0f}s")
+            if future.failed():
+                error = future.exception
+                raise error if isinstance(error, KafkaError) else KafkaError(repr(error))
+
+    def _skip_committed(self, consumer: KafkaConsumer, messages: list[Any]) -> list[Any]:
+        """Drop records the broker holds as committed that are delivered again, after the broker lost
+        commits (see the module docstring); forget the seen-ids window when that happens."""
+        rewound = {
+            TopicPartition(m.topic, m.partition)
+            for m in messages
+            if m.offset < self._committed.get(TopicPartition(m.topic, m.partition), 0)
+        }
+        if not rewound:
+            return messages
+        broker_says = {tp: consumer.committed(tp) or 0 for tp in rewound}
+        log.warning(
+            "records this pipeline already committed are delivered again on %s: the broker lost "
+            "commits (a crash?). It now holds the group's offsets at %s (this pipeline had committed "
+            "up to %s); resuming there and forgetting the dedupe window, so records whose outputs the "
+            "broker lost are judged again",
+            sorted(f"{tp.topic}:{tp.partition}" for tp in rewound),
+            {f"{tp.topic}:{tp.partition}": o for tp, o in sorted(broker_says.items())},
+            {f"{tp.topic}:{tp.partition}": self._committed[tp] for tp in sorted(rewound)},
+        )
+        self._seen = SeenIds(self._settings.dedupe_window)
+        self._shared_seen = SharedSeenIds(self._seen)
+        kept = [m for m in messages if m.offset >= broker_says.get(TopicPartition(m.topic, m.partition), 0)]
+        for tp, offset in broker_says.items():
+            self._committed[tp] = offset
+            if consumer.position(tp) < offset:
+                consumer.seek(tp, offset)
+        return kept
 
     def run_batch(self, consumer: KafkaConsumer, producer: KafkaProducer, messages: list[Any]) -> BatchResult:
         s = self._settings
@@ -340,9 +466,12 @@ class MicroBatchRunner:
                 f"{len(result.verdicts)} verdicts + {len(result.dead)} dead letters"
             )
         beam_done = time.monotonic()
-        offsets = {tp: OffsetAndMetadata(hi + 1, batch_id, -1) for tp, (_, hi) in spans.items()}
+        tx_note = f" {TX_NOTE}{producer.config['transactional_id']}" if s.transactional else ""
+        offsets = {tp: OffsetAndMetadata(hi + 1, batch_id + tx_note, -1) for tp, (_, hi) in spans.items()}
         try:
             if s.transactional:
+                if self._announced is not producer:
+                    self._take_over(consumer, producer, spans)
                 producer.begin_transaction()
                 try:
                     self._write(producer, result)
@@ -362,6 +491,8 @@ class MicroBatchRunner:
             raise
         self._seen.add_all(v.event_id for v in result.verdicts)
         self._seen.add_all(result.unsampled_ids)
+        for tp, (_, hi) in spans.items():
+            self._committed[tp] = hi + 1
         st.last_batch_done_at = time.monotonic()
         st.beam_s += beam_done - began
         st.write_s += st.last_batch_done_at - beam_done
@@ -395,8 +526,19 @@ class MicroBatchRunner:
             self.config.cascade.version,
         )
         try:
+            assigned = 1
             while not self._stop.is_set():
-                messages = self._poll_batch(consumer)
+                messages = self._skip_committed(consumer, self._poll_batch(consumer))
+                if s.transactional and self._assignments.count > assigned:
+                    # Assigned again: the group was rebuilt, as after a broker restart. A producer that
+                    # carries on across a broker crash can find the restored broker holding one of its
+                    # transactions open, which hides its later commits; start a new one and fence it.
+                    assigned = self._assignments.count
+                    log.info("partitions assigned again: writing with a new producer from here on")
+                    with contextlib.suppress(KafkaError):
+                        producer.close(timeout=5)
+                    self._retired.append(producer.config["transactional_id"])
+                    producer = self._producer()
                 now = time.monotonic()
                 if messages:
                     try:
@@ -414,6 +556,8 @@ class MicroBatchRunner:
                         )
                         with contextlib.suppress(KafkaError):
                             producer.close(timeout=5)
+                        if s.transactional:
+                            self._retired.append(producer.config["transactional_id"])
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, 30.0)
                         producer = self._producer()
@@ -498,11 +642,22 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-topic")
     p.add_argument("--group-id")
     p.add_argument("--transactional-id")
+    p.add_argument("--group-instance-id", help="static group member id (default: the transactional id)")
     p.add_argument("--cascade-config", type=Path)
     p.add_argument("--sampling-config", type=Path)
     p.add_argument("--max-batch-records", type=int)
     p.add_argument("--max-batch-wait-s", type=float)
-    p.add_argument("--judge-deadline-s", type=float)
+    p.add_argument("--judge-deadline-s", type=float, help="one overall deadline per judge call (default 10)")
+    p.add_argument(
+        "--judge-tier-deadline",
+        dest="judge_tier_deadlines_s",
+        type=_tier_seconds,
+        action="append",
+        metavar="TIER=SECONDS",
+        help="a tier's own deadline, repeatable (default 2=120: the LLM tier); replaces the default",
+    )
+    p.add_argument("--judge-breaker-failures", type=int, help="failed attempts that open a tier's circuit")
+    p.add_argument("--judge-breaker-open-s", type=float, help="seconds a tier's circuit stays open")
     p.add_argument("--max-event-bytes", type=int)
     p.add_argument(
         "--embedding-probe-fraction",
@@ -515,6 +670,16 @@ def _arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tier_seconds(text: str) -> tuple[int, float]:
+    tier, sep, seconds = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(tier), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TIER=SECONDS, e.g. 2=120; got {text!r}") from None
+
+
 def run(argv: Sequence[str] | None = None) -> RunStats | None:
     """Parse flags (over env, over defaults) and run until SIGTERM/SIGINT or idle exit."""
     args, beam_args = _arg_parser().parse_known_args(argv)
@@ -525,6 +690,8 @@ def run(argv: Sequence[str] | None = None) -> RunStats | None:
     }
     if args.no_transactions:
         explicit["transactional"] = False
+    if args.judge_tier_deadlines_s:
+        explicit["judge_tier_deadlines_s"] = dict(args.judge_tier_deadlines_s)
     settings = PipelineSettings(**explicit)
     kafka = KafkaSettings(**({"bootstrap": args.bootstrap} if args.bootstrap else {}))
     setup_tracing("evalstream-pipeline", endpoint_from_env())

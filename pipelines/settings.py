@@ -51,6 +51,12 @@ class PipelineSettings(BaseSettings):
     judge_batch_size: Annotated[int, Field(ge=1)] = 256
     #: One overall deadline per judge call, retries included.
     judge_deadline_s: Annotated[float, Field(gt=0)] = 10.0
+    #: Per-tier deadlines for tiers that need longer (tier -> seconds); the LLM tier judges a batch of
+    #: hundreds of items a few at a time. In the environment as JSON:
+    #: ``EVALSTREAM_PIPELINE_JUDGE_TIER_DEADLINES_S='{"2": 120}'``.
+    judge_tier_deadlines_s: dict[int, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {2: 120.0}
+    )
     #: Consecutive failed judge attempts that open a tier's circuit (calls then fail fast); 0: no breaker.
     judge_breaker_failures: Annotated[int, Field(ge=0)] = 5
     #: Seconds a tier's circuit stays open before one probe call is let through.
