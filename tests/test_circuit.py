@@ -3,6 +3,7 @@ judge server that is down and then up, and the LLM judge's breaker with its metr
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import threading
@@ -12,6 +13,7 @@ import grpc
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from evalstream.circuit import BreakerPolicy, CircuitBreaker, CircuitState
 from evalstream.pipelines.cascade import SharedBreakers
@@ -309,3 +311,32 @@ def test_llm_breaker_can_be_turned_off() -> None:
         outs = judge.judge_batch([item(str(i)) for i in range(10)], frozenset({"refusal"}))
     assert [o.error_type for o in outs] == ["server_error"] * 10 and endpoint.requests == 20
     assert sample(registry, "evalstream_judge_circuit_state", state="closed") is None
+
+
+# ---- per-tier deadlines
+
+
+def test_a_tier_with_its_own_deadline_gets_it_and_longer_attempts() -> None:
+    policy = RetryPolicy(deadline_s=10, attempt_timeout_s=5, tier_deadlines_s=((2, 120.0),))
+    llm = policy.for_tier(2)
+    assert (llm.deadline_s, llm.attempt_timeout_s) == (120.0, 60.0)
+    assert policy.for_tier(0) is policy and policy.for_tier(1) is policy
+    short = RetryPolicy(deadline_s=10, attempt_timeout_s=5, tier_deadlines_s=((1, 4.0),)).for_tier(1)
+    assert (short.deadline_s, short.attempt_timeout_s) == (4.0, 5.0)  # gRPC caps each attempt at what is left
+
+
+def test_tier_deadlines_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalstream.pipelines.run import _arg_parser, _tier_seconds
+    from evalstream.pipelines.settings import PipelineSettings
+
+    assert PipelineSettings().judge_tier_deadlines_s == {2: 120.0}
+    monkeypatch.setenv("EVALSTREAM_PIPELINE_JUDGE_TIER_DEADLINES_S", '{"1": 30, "2": 300}')
+    assert PipelineSettings().judge_tier_deadlines_s == {1: 30.0, 2: 300.0}
+    args, _ = _arg_parser().parse_known_args(
+        ["--judge-tier-deadline", "2=90", "--judge-tier-deadline", "1=20"]
+    )
+    assert dict(args.judge_tier_deadlines_s) == {2: 90.0, 1: 20.0}
+    with pytest.raises(argparse.ArgumentTypeError, match="expected TIER=SECONDS"):
+        _tier_seconds("2:90")
+    with pytest.raises(ValidationError):
+        PipelineSettings(judge_tier_deadlines_s={2: 0})

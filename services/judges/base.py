@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from evalstream.v1 import events_pb2
 
-__all__ = ["ItemOutcome", "Judge", "JudgeInput", "JudgeOutput", "input_from_event"]
+__all__ = ["BudgetedJudge", "ItemOutcome", "Judge", "JudgeInput", "JudgeOutput", "input_from_event"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +77,17 @@ class Judge(Protocol):
         """One outcome per item, same order. Raise only for programming errors; per-item failures
         are outcomes with ``error`` set."""
         ...
+
+
+@runtime_checkable
+class BudgetedJudge(Judge, Protocol):
+    """A judge that can bound a batch's time (the LLM judge: its calls wait on a remote endpoint).
+    The server passes what is left of the caller's gRPC deadline, so the judge answers every item
+    (some as ``deadline_exceeded`` errors) before the caller gives up and retries the whole batch."""
+
+    def judge_batch_within(
+        self, items: Sequence[JudgeInput], dimensions: frozenset[str], *, budget_s: float | None
+    ) -> list[ItemOutcome]: ...
 
 
 def input_from_event(item_id: str, event: events_pb2.LLMEvent) -> JudgeInput:

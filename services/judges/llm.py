@@ -472,9 +472,22 @@ class _ChatClient:
                         )
                     self._admit()
                     attempts += 1
+                    cut_short = left < policy.attempt_timeout_s  # the deadline, not the policy, times it
                     try:
                         payload = self._attempt(body, min(policy.attempt_timeout_s, left))
                         reply = _chat_reply(payload, attempts, self.scrub)
+                    except LLMTimeoutError as exc:
+                        if not cut_short:
+                            healthy, last_error = False, exc
+                            raise
+                        # Ended by the deadline (the call's or the caller's): says nothing new of the
+                        # endpoint's health, and the call is over; report what kept failing, if anything.
+                        if last_error is not None:
+                            raise last_error from exc
+                        raise LLMDeadlineExceeded(
+                            f"deadline passed during attempt {attempts} to {self._where} "
+                            f"(cut to {left:.2f}s): {exc}"
+                        ) from exc
                     except LLMError as exc:
                         healthy = not exc.endpoint_failure
                         last_error = exc
@@ -766,6 +779,7 @@ class _Call:
     model: str
     swapped: bool
     texts: Mapping[str, str]
+    budget_end: float | None = None  # clock time by which the whole request must be answered
 
 
 @dataclass(slots=True, kw_only=True)
@@ -857,6 +871,16 @@ class LLMJudge:
     def judge_batch(self, items: Sequence[JudgeInput], dimensions: frozenset[str]) -> list[ItemOutcome]:
         """Refusal and quality judge ``response``; pairwise compares ``response`` (A) with
         ``reference_answer`` (B) and is skipped for items without one."""
+        return self.judge_batch_within(items, dimensions, budget_s=None)
+
+    def judge_batch_within(
+        self, items: Sequence[JudgeInput], dimensions: frozenset[str], *, budget_s: float | None
+    ) -> list[ItemOutcome]:
+        """``judge_batch`` that answers within ``budget_s`` seconds (None: no limit but each call's own
+        deadline). Every call's deadline is the sooner of its own and the batch's, so calls still
+        waiting for a concurrency slot when the budget is spent end at once as ``deadline_exceeded``
+        item errors: the caller gets an answer for every item before it gives up on the request."""
+        budget_end = None if budget_s is None else self._clock() + budget_s
         wanted = [d for d in sorted(self.DIMENSIONS) if not dimensions or d in dimensions]
         jobs: list[tuple[int, Dimension, dict[str, str]]] = []
         skipped: dict[int, str] = {}
@@ -874,7 +898,7 @@ class LLMJudge:
                 else:
                     texts = {"prompt": item.prompt, "response": item.response}
                 jobs.append((i, dim, texts))
-        outcomes = self._run([item.item_id for item in items], jobs)
+        outcomes = self._run([item.item_id for item in items], jobs, budget_end)
         for i, note in skipped.items():
             outcomes[i].extra["skipped"] = note
         return outcomes
@@ -894,10 +918,13 @@ class LLMJudge:
     # ---- orchestration
 
     def _run(
-        self, item_ids: list[str], jobs: list[tuple[int, Dimension, dict[str, str]]]
+        self,
+        item_ids: list[str],
+        jobs: list[tuple[int, Dimension, dict[str, str]]],
+        budget_end: float | None = None,
     ) -> list[ItemOutcome]:
         calls = [
-            _Call(job=j, dimension=dim, model=model, swapped=swapped, texts=texts)
+            _Call(job=j, dimension=dim, model=model, swapped=swapped, texts=texts, budget_end=budget_end)
             for j, (_, dim, texts) in enumerate(jobs)
             for model in self._settings.models
             for swapped in (
@@ -1025,6 +1052,10 @@ class LLMJudge:
         if self._closing.is_set():
             raise LLMClosedError("the judge is closing; call not started")
         deadline = self._clock() + self._policy.deadline_s
+        if call.budget_end is not None:
+            deadline = min(deadline, call.budget_end)
+            if deadline <= self._clock():
+                raise LLMDeadlineExceeded("the request's time ran out before this call could start")
         result = _CallResult(votes=[])
         reasks = 0
         messages = self._messages(call)  # one rendering (one nonce): a re-ask repeats the same prompt

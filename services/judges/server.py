@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from evalstream.v1 import judge_pb2, judge_pb2_grpc, verdict_pb2
 
-from .base import ItemOutcome, Judge, JudgeInput, input_from_event
+from .base import BudgetedJudge, ItemOutcome, Judge, JudgeInput, input_from_event
 from .registry import UnknownJudgeError, create_judge
 from .settings import JudgeServerSettings
 
@@ -130,6 +130,12 @@ class ServerMetrics:
 
 
 # --- pure conversions ---------------------------------------------------------------------------
+
+
+def answer_within(time_remaining: float) -> float:
+    """The budget a judge gets from the caller's remaining deadline: what is left, less a margin for
+    the reply to travel back (a tenth of it, at most half a second)."""
+    return max(0.0, time_remaining - min(0.5, time_remaining / 10))
 
 
 def check_request(
@@ -254,7 +260,9 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
             self._active -= 1
             self._state.notify_all()
 
-    def _judge_request(self, request: judge_pb2.JudgeRequest) -> judge_pb2.JudgeResponse:
+    def _judge_request(
+        self, request: judge_pb2.JudgeRequest, time_remaining: float | None = None
+    ) -> judge_pb2.JudgeResponse:
         dimensions = check_request(
             request, known=self._known, max_batch=self._max_batch, judge=self._judge.name
         )
@@ -263,7 +271,12 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         try:
             items = to_inputs(request)
             started = self._clock()
-            outcomes = self._judge.judge_batch(items, dimensions)
+            if isinstance(self._judge, BudgetedJudge) and time_remaining is not None:
+                outcomes = self._judge.judge_batch_within(
+                    items, dimensions, budget_s=answer_within(time_remaining)
+                )
+            else:
+                outcomes = self._judge.judge_batch(items, dimensions)
             elapsed_ms = (self._clock() - started) * 1000.0
         finally:
             self._metrics.in_flight.dec()
@@ -292,7 +305,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         self._metrics.requests.inc()
         with self._metrics.latency.time():
             try:
-                return self._judge_request(request)
+                return self._judge_request(request, context.time_remaining())
             except Rejection as rejection:
                 failure = rejection
                 if failure.code is grpc.StatusCode.INTERNAL:
