@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from evalstream.prometheus import DEFAULT_TARGETS, PROMETHEUS_DIR, render_config, rule_files
-from evalstream.services.exporter.core import SPECS
-from evalstream.services.exporter.server import ShellMetrics
-from evalstream.services.judges.server import ServerMetrics
+
+from .exported import exported_names
 
 TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
@@ -96,22 +94,7 @@ def test_every_rule_has_a_promtool_case():
     assert untested == set(), "recording rules without a promql_expr_test"
 
 
-def _exported_names() -> set[str]:
-    names: set[str] = set()
-    for spec in SPECS:
-        names.add(spec.name)
-        if spec.kind == "histogram":
-            names |= {f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
-    registry = CollectorRegistry()
-    ShellMetrics(registry)
-    ServerMetrics(registry, "judge")
-    for metric in registry.collect():
-        names |= {sample.name for sample in metric.samples}
-        names.add(metric.name + ("_total" if metric.type == "counter" else ""))
-    return names
-
-
 def test_rules_only_use_metrics_someone_exports():
-    exported = _exported_names()
+    exported = exported_names()
     used = {name for rule in _rules() for name in re.findall(r"\b(evalstream_[a-z_]+)", rule["expr"])}
     assert used - exported == set(), "rules name metrics no exporter or judge server exports"

@@ -704,6 +704,21 @@ PIPELINE = DashboardSpec(
                     unit="reqps",
                     min=0,
                 ),
+                ts(
+                    "LLM endpoint circuits",
+                    "Each LLM judge's circuit breaker per endpoint: 1 while not closed (open, or half-open "
+                    "probing), and calls refused by an open circuit per second. Items refused end as "
+                    "circuit_open dead letters. EvalstreamJudgeCircuitOpen after 5 minutes not closed.",
+                    t(
+                        'max by (judge, endpoint) (evalstream_judge_circuit_state{state!="closed"})',
+                        "{{judge}} {{endpoint}} not closed",
+                    ),
+                    t(
+                        f"sum by (judge, endpoint) (rate(evalstream_judge_circuit_rejected_total[{RATE}]))",
+                        "{{judge}} {{endpoint}} refused/s",
+                    ),
+                    min=0,
+                ),
             ),
         ),
         RowSpec(

@@ -1,0 +1,29 @@
+"""Every series name evalstream exports: the exporter's (``SPECS``, the shell's own), a judge server's,
+and the LLM judge's circuit breakers'. Rules and dashboards may name only these (or recorded ones)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from evalstream.circuit import BreakerPolicy, CircuitBreaker
+from evalstream.services.exporter.core import SPECS
+from evalstream.services.exporter.server import ShellMetrics
+from evalstream.services.judges.circuit import BreakerCollector
+from evalstream.services.judges.server import ServerMetrics
+
+
+def exported_names() -> set[str]:
+    names: set[str] = set()
+    for spec in SPECS:
+        names.add(spec.name)
+        if spec.kind == "histogram":
+            names |= {f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
+    registry = CollectorRegistry()
+    ShellMetrics(registry)
+    ServerMetrics(registry, "judge")
+    breaker = CircuitBreaker("endpoint", BreakerPolicy(failure_threshold=1, open_s=1.0))
+    registry.register(BreakerCollector("judge", [("endpoint", breaker)]))
+    for metric in registry.collect():
+        names |= {sample.name for sample in metric.samples}
+        names.add(metric.name + ("_total" if metric.type == "counter" else ""))
+    return names
