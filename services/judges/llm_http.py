@@ -1,0 +1,534 @@
+"""The LLM judge's HTTP edge: one chat-completion client over any OpenAI-compatible endpoint, its
+settings, retry policy, wire types and errors.
+
+Errors, translated from httpx at this module's edge (``error_type`` goes into ``ItemOutcome``)::
+
+    LLMError                          error_type          retried
+    ├── LLMConnectionError            connection          yes   connect refused, reset, protocol error
+    ├── LLMTimeoutError               timeout             yes   an attempt got no answer in time
+    ├── LLMProtocolError              bad_reply           yes   200 but not a chat completion (bad JSON)
+    ├── LLMStatusError                http_error          by status (RetryPolicy.retryable_status)
+    │   ├── LLMRateLimitError         rate_limited        yes   429; honours retry-after
+    │   ├── LLMServerError            server_error        yes   5xx
+    │   ├── LLMAuthError              auth                no    401, 403
+    │   └── LLMRejectedError          rejected            no    other 4xx (unknown model or item, 400)
+    ├── LLMUnparseableReply           unparseable_reply   once  content does not fit the verdict schema
+    ├── LLMDeadlineExceeded           deadline_exceeded   no    the call's overall deadline passed
+    ├── LLMCircuitOpen                circuit_open        no    the endpoint's circuit is open (failing fast)
+    └── LLMClosedError                closed              no    the judge is shutting down
+
+Circuit breaker (``circuit.py``): a call whose retries end on a connection error, timeout, 5xx or
+non-completion reply counts against the endpoint; after ``breaker_failures`` such calls in a row,
+calls (and the retries of calls under way) fail fast as ``circuit_open`` for ``breaker_open_s``,
+then one probe attempt decides. Its metrics go on the judge server's registry
+(``LLMJudge.register_metrics``). An unparseable reply's error carries the raw reply, so the
+pipeline's dead letter shows what the model said.
+
+The API key is a ``SecretStr``: it is sent as a bearer token and never logged, put in a message or
+shown in a repr. An endpoint may echo it back (in an error body, a malformed reply, a verdict's
+rationale), verbatim, percent-encoded or in base64: every exception message, log line, rationale and
+outcome the judge builds from what an endpoint sent is scrubbed of those forms (``_secret_forms``,
+applied by ``_ChatClient.scrub``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal
+from urllib.parse import quote, quote_plus
+
+import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from .circuit import endpoint_breaker
+
+__all__ = [
+    "ChatReply",
+    "Choice",
+    "LLMAuthError",
+    "LLMCircuitOpen",
+    "LLMClosedError",
+    "LLMConnectionError",
+    "LLMDeadlineExceeded",
+    "LLMError",
+    "LLMJudgeSettings",
+    "LLMProtocolError",
+    "LLMRateLimitError",
+    "LLMRejectedError",
+    "LLMServerError",
+    "LLMStatusError",
+    "LLMTimeoutError",
+    "LLMUnparseableReply",
+    "RetryPolicy",
+    "TokenLogprob",
+]
+
+_log = logging.getLogger(__name__.removesuffix("_http"))  # log under the judge's name (judges.llm)
+
+_MESSAGE_EXCERPT: Final = 300
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class LLMError(Exception):
+    """A chat-completion call failed; ``error_type`` is the machine-readable reason."""
+
+    error_type: ClassVar[str] = "llm_error"
+    retryable: ClassVar[bool] = False
+    #: Counts against the endpoint's circuit breaker (the endpoint is unwell, not the request).
+    endpoint_failure: ClassVar[bool] = False
+    attempts: int = 1  # HTTP attempts made before this error was final
+
+
+class LLMConnectionError(LLMError):
+    error_type = "connection"
+    retryable = True
+    endpoint_failure = True
+
+
+class LLMTimeoutError(LLMError):
+    error_type = "timeout"
+    retryable = True
+    endpoint_failure = True
+
+
+class LLMProtocolError(LLMError):
+    error_type = "bad_reply"
+    retryable = True
+    endpoint_failure = True
+
+
+class LLMStatusError(LLMError):
+    error_type = "http_error"
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class LLMRateLimitError(LLMStatusError):
+    error_type = "rate_limited"
+
+
+class LLMServerError(LLMStatusError):
+    error_type = "server_error"
+    endpoint_failure = True
+
+
+class LLMAuthError(LLMStatusError):
+    error_type = "auth"
+
+
+class LLMRejectedError(LLMStatusError):
+    error_type = "rejected"
+
+
+class LLMUnparseableReply(LLMError):
+    error_type = "unparseable_reply"
+
+    def __init__(self, message: str, *, raw: str) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class LLMDeadlineExceeded(LLMError):
+    error_type = "deadline_exceeded"
+
+
+class LLMCircuitOpen(LLMError):
+    error_type = "circuit_open"
+
+
+class LLMClosedError(LLMError):
+    error_type = "closed"
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """One deadline for a call and all its attempts; jittered exponential backoff; stop early when
+    the next sleep would pass the deadline. Tests shrink it."""
+
+    deadline_s: float = 60.0
+    attempt_timeout_s: float = 30.0  # capped by what is left of the deadline
+    max_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    retryable_status: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+    reasks: int = 1  # a reply that does not fit the schema is asked again this many times
+
+
+class LLMJudgeSettings(BaseSettings):
+    """Explicit argument, then ``EVALSTREAM_LLM_<FIELD>``, then the default (``EVALSTREAM_LLM_API_KEY``,
+    ``EVALSTREAM_LLM_BASE_URL``, ...). List fields take JSON in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_LLM_", frozen=True, extra="ignore")
+
+    #: OpenAI-style base URL, ending in ``/v1``.
+    base_url: str = "http://127.0.0.1:8089/v1"
+    #: The lead judge model.
+    model: str = "gpt-4"
+    #: More judge models for a PoLL panel (majority vote with the lead).
+    panel: tuple[str, ...] = ()
+    api_key: SecretStr | None = None
+    #: A file holding the key, used when ``api_key`` is not set.
+    api_key_file: Path | None = None
+    prompt_version: str = "v1"
+    #: Samples per call while the endpoint may give logprobs, and once it has shown it does not.
+    samples: int = Field(default=1, ge=1, le=16)
+    fallback_samples: int = Field(default=3, ge=1, le=16)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    #: Temperature when asking for several samples (identical samples carry no information).
+    sample_temperature: float = Field(default=0.7, ge=0, le=2)
+    logprobs: bool = True
+    top_logprobs: int = Field(default=5, ge=0, le=20)
+    max_tokens: int = Field(default=512, ge=16)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    pairwise_swap: bool = True
+    max_concurrency: int = Field(default=8, ge=1)
+    deadline_s: float = Field(default=60.0, gt=0)
+    attempt_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    #: USD per 1,000 prompt and completion tokens (same for every panel model).
+    price_input_per_1k: float = Field(default=0.0, ge=0)
+    price_output_per_1k: float = Field(default=0.0, ge=0)
+    #: Extra request headers (a gateway's routing header, the replay server's fault header).
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    #: How much of an unparseable reply goes into the outcome's ``extra``.
+    raw_reply_chars: int = Field(default=1000, ge=0)
+    #: Failed calls (after their retries) in a row that open the endpoint's circuit (0: no breaker).
+    breaker_failures: int = Field(default=5, ge=0)
+    #: Seconds the circuit stays open before a probe.
+    breaker_open_s: float = Field(default=10.0, ge=0)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, *(m for m in self.panel if m != self.model))
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            deadline_s=self.deadline_s,
+            attempt_timeout_s=self.attempt_timeout_s,
+            max_attempts=self.max_attempts,
+        )
+
+    def resolve_api_key(self) -> SecretStr | None:
+        """The explicit or environment key, else the key file's content."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is None:
+            return None
+        try:
+            text = self.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the LLM API key file {self.api_key_file}: {exc.strerror}"
+            ) from None
+        if not text:
+            raise ValueError(f"the LLM API key file {self.api_key_file} is empty")
+        return SecretStr(text)
+
+
+# --------------------------------------------------------------------------------------------- wire
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # alternatives at this position: (token, logprob)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    content: str | None
+    logprobs: tuple[TokenLogprob, ...] | None  # None: the endpoint returned none
+    finish_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatReply:
+    choices: tuple[Choice, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+
+
+def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("content"), list):
+        return None
+    out = []
+    for t in raw["content"]:
+        top = tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ())
+        out.append(TokenLogprob(t["token"], float(t["logprob"]), top))
+    return tuple(out)
+
+
+def _chat_reply(body: Any, attempts: int, scrub: Callable[[str], str]) -> ChatReply:
+    """Unpack a chat-completion body; LLMProtocolError (its message scrubbed) when it is not one."""
+    try:
+        choices = tuple(
+            Choice(
+                content=c["message"].get("content"),
+                logprobs=_parse_logprobs(c.get("logprobs")),
+                finish_reason=c.get("finish_reason") or "",
+            )
+            for c in body["choices"]
+        )
+        usage = body.get("usage") or {}
+        if not choices:
+            raise ValueError("no choices")
+        return ChatReply(
+            choices=choices,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            attempts=attempts,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LLMProtocolError(
+            scrub(f"reply is not a chat completion ({type(exc).__name__}: {exc})")
+        ) from None
+
+
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    """The key as an endpoint might echo it: verbatim, percent-encoded, or base64 (standard or URL-safe,
+    padded or not, of the key or of its ``Bearer`` header value); longest first."""
+    if not secret:
+        return ()
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    for data in (secret.encode(), f"Bearer {secret}".encode()):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(data).decode()
+            forms |= {text, text.rstrip("=")}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+class _StopBeforeDeadline(stop_base):
+    """Stop when the next sleep would end past the deadline: no attempt is started to be cut off."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self._deadline = deadline
+        self._clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._clock() + retry_state.upcoming_sleep >= self._deadline
+
+
+class _ChatClient:
+    """The one place that talks HTTP: httpx in, our exceptions out, retries within a deadline."""
+
+    def __init__(
+        self,
+        settings: LLMJudgeSettings,
+        policy: RetryPolicy,
+        *,
+        clock: Callable[[], float],
+        closing: threading.Event,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        key = settings.resolve_api_key()
+        self._secret = key.get_secret_value() if key is not None else ""
+        self._secret_forms = _secret_forms(self._secret)
+        headers = {**settings.extra_headers}
+        if key is not None:
+            headers["authorization"] = f"Bearer {self._secret}"
+        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._where = httpx.URL(self._url).copy_with(userinfo=b"", query=None, fragment=None)  # for messages
+        self._policy = policy
+        self._clock = clock
+        self._closing = closing
+        self.breaker = endpoint_breaker(
+            str(self._where), failures=settings.breaker_failures, open_s=settings.breaker_open_s, clock=clock
+        )
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
+        )
+        self._http = httpx.Client(headers=headers, limits=limits, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"_ChatClient(url={str(self._where)!r})"
+
+    @property
+    def where(self) -> httpx.URL:
+        """The endpoint without credentials or query, for messages."""
+        return self._where
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._secret)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every form of the key (``_secret_forms``) replaced by ``***``."""
+        for form in self._secret_forms:
+            text = text.replace(form, "***")
+        return text
+
+    def complete(self, body: dict[str, Any], *, deadline: float, on_retry: Callable[[], None]) -> ChatReply:
+        """POST one chat completion, retrying retryable failures until ``deadline`` (clock time)."""
+        policy = self._policy
+        attempts = 0
+
+        backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hint = exc.retry_after_s if isinstance(exc, LLMStatusError) else None
+            return max(backoff(state), hint or 0.0)
+
+        def sleep(seconds: float) -> None:
+            if self._closing.wait(seconds):
+                raise LLMClosedError("the judge is closing; retry abandoned")
+
+        def before_sleep(state: RetryCallState) -> None:
+            on_retry()
+            exc = state.outcome.exception() if state.outcome else None
+            _log.info(
+                "LLM call to %s (model %s) failed: %s; attempt %d, retrying in %.2fs",
+                self._where, body.get("model"), exc, state.attempt_number, state.upcoming_sleep,
+            )  # fmt: skip
+
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.max_attempts) | _StopBeforeDeadline(deadline, self._clock),
+            wait=wait,
+            sleep=sleep,
+            retry=retry_if_exception(lambda e: isinstance(e, LLMError) and self._retryable(e)),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        healthy: bool | None = None  # what the last attempt said of the endpoint; None: no attempt
+        last_error: LLMError | None = None
+        try:
+            for attempt in retrying:
+                with attempt:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        if last_error is not None:  # a sleep overran: report what kept failing
+                            raise last_error
+                        raise LLMDeadlineExceeded(
+                            f"deadline passed before attempt {attempts + 1} to {self._where}"
+                        )
+                    self._admit()
+                    attempts += 1
+                    cut_short = left < policy.attempt_timeout_s  # the deadline, not the policy, times it
+                    try:
+                        payload = self._attempt(body, min(policy.attempt_timeout_s, left))
+                        reply = _chat_reply(payload, attempts, self.scrub)
+                    except LLMTimeoutError as exc:
+                        if not cut_short:
+                            healthy, last_error = False, exc
+                            raise
+                        # Ended by the deadline (the call's or the caller's): says nothing new of the
+                        # endpoint's health, and the call is over; report what kept failing, if anything.
+                        if last_error is not None:
+                            raise last_error from exc
+                        raise LLMDeadlineExceeded(
+                            f"deadline passed during attempt {attempts} to {self._where} "
+                            f"(cut to {left:.2f}s): {exc}"
+                        ) from exc
+                    except LLMError as exc:
+                        healthy = not exc.endpoint_failure
+                        last_error = exc
+                        raise
+                    healthy = True
+                    return reply
+        except LLMError as exc:
+            exc.attempts = attempts
+            raise
+        finally:
+            self._report(healthy)
+        raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+    def _admit(self) -> None:
+        """Raise ``LLMCircuitOpen`` when the endpoint's circuit refuses this attempt."""
+        if self.breaker is None or self.breaker.allow():
+            return
+        snap = self.breaker.snapshot()
+        raise LLMCircuitOpen(
+            f"circuit open for {self._where} after {snap.consecutive_failures} failed calls in a row; "
+            f"failing fast, next probe in {snap.retry_in_s:.1f}s"
+        )
+
+    def _report(self, healthy: bool | None) -> None:
+        """One call's outcome to the breaker: a call counts as failed when its retries ended on an
+        endpoint failure, so per-request blips that a retry cures never open the circuit."""
+        if self.breaker is None or healthy is None:
+            return
+        if healthy:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+
+    def _retryable(self, exc: LLMError) -> bool:
+        if isinstance(exc, LLMStatusError):
+            return exc.status in self._policy.retryable_status
+        return exc.retryable
+
+    def _attempt(self, body: dict[str, Any], timeout: float) -> Any:
+        model = body.get("model")
+        try:
+            response = self._http.post(self._url, json=body, timeout=httpx.Timeout(timeout))
+        except httpx.TimeoutException as exc:
+            raise LLMTimeoutError(f"no answer from {self._where} (model {model}) in {timeout:.2f}s") from exc
+        except httpx.TransportError as exc:
+            msg = self.scrub(f"{type(exc).__name__}: {exc}")
+            raise LLMConnectionError(f"connection to {self._where} (model {model}) failed: {msg}") from exc
+        if response.status_code >= 400:
+            raise self._status_error(response, model)
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LLMProtocolError(
+                f"{self._where} (model {model}) answered 200 with a body that is not JSON: {exc}"
+            ) from None
+
+    def _status_error(self, response: httpx.Response, model: Any) -> LLMStatusError:
+        status = response.status_code
+        detail = response.text[:_MESSAGE_EXCERPT]
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = str(response.json()["error"]["message"])[:_MESSAGE_EXCERPT]
+        message = self.scrub(f"{self._where} (model {model}) answered HTTP {status}: {detail}")
+        cls: type[LLMStatusError]
+        if status == 429:
+            cls = LLMRateLimitError
+        elif status >= 500:
+            cls = LLMServerError
+        elif status in (401, 403):
+            cls = LLMAuthError
+            message += "; check EVALSTREAM_LLM_API_KEY or EVALSTREAM_LLM_API_KEY_FILE"
+        else:
+            cls = LLMRejectedError
+        return cls(message, status=status, retry_after_s=_retry_after(response.headers))
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
