@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -412,7 +413,20 @@ def test_judge_killed_mid_stream_and_restarted(
                 what=f"the pipeline's circuit for tier {tier} to open",
             )
             detect_s = time.monotonic() - killed
-            traffic.wait_sent(traffic.sent + 120)  # two or three seconds of traffic while it is down
+            opened_ms = killed_ms + int(detect_s * 1000)
+
+            def judged_while_open(records: dict[str, list[Any]]) -> bool:
+                """A batch judged entirely while the circuit was open has been written, with items that
+                reached the dead tier (tier 2: any such batch; its items that needed tier 2 are dead)."""
+                for m in records[t.verdicts]:
+                    v = verdict_pb2.Verdict.FromString(m.value)
+                    if judged_at_ms(v) >= opened_ms + 1000 and (
+                        tier == 2 or any(tier in d.tiers_tried for d in v.dimensions)
+                    ):
+                        return True
+                return False
+
+            reader.until(judged_while_open, timeout=60, what=f"a batch judged while tier {tier} is down")
             down_until_ms = wall_ms()
             restart_s = victim.start()
             restarted_ms = wall_ms()
@@ -432,7 +446,6 @@ def test_judge_killed_mid_stream_and_restarted(
 
     # Batches that began after the circuit opened and were written before the restart began saw the
     # tier dead from start to end: it decided none of their verdicts.
-    opened_ms = killed_ms + int(detect_s * 1000)
     during = [
         v
         for v in out.verdicts

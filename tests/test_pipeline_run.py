@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -163,13 +164,24 @@ def test_judge_down_dead_letters_then_recovers(
     broker: EmbeddedBroker, unique: str, tmp_path: Path, children: list[ChildProcess]
 ) -> None:
     """With no judge answering, events are retried within the deadline, then dead-lettered with the
-    reason; once a judge is back, new events are judged again. The pipeline never stops."""
+    reason (and, once the tier's circuit is open, at once); once a judge is back, the circuit closes
+    on its next probe and new events are judged again. The pipeline never stops."""
     t = Topics(unique)
     t.create(broker.bootstrap)
 
     port = free_port()
     reader = TopicReader(broker.bootstrap, [t.verdicts, t.dead])
-    pipe = pipeline_process(broker, f"127.0.0.1:{port}", t, unique, tmp_path, "--judge-deadline-s", "1.5")
+    pipe = pipeline_process(
+        broker,
+        f"127.0.0.1:{port}",
+        t,
+        unique,
+        tmp_path,
+        "--judge-deadline-s",
+        "1.5",
+        "--judge-breaker-open-s",
+        "1",
+    )
     children.append(pipe)
     pipe.start(timeout=60)
     try:
@@ -181,7 +193,11 @@ def test_judge_down_dead_letters_then_recovers(
         reader.until(lambda r: len(r[t.dead]) >= 20, timeout=60, what="dead letters while the judge is down")
         letters = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
         assert {d.error_type for d in letters} == {"judge_unavailable"}
-        assert all(d.stage == "judge" and "UNAVAILABLE" in d.message for d in letters)
+        # The first calls wait out their deadline (UNAVAILABLE); once the tier's circuit opens, fail fast.
+        assert all(
+            d.stage == "judge" and ("UNAVAILABLE" in d.message or "circuit open" in d.message)
+            for d in letters
+        )
 
         judge = ChildProcess(
             name="judge-late",
@@ -192,17 +208,25 @@ def test_judge_down_dead_letters_then_recovers(
         children.append(judge)
         judge.start(timeout=60)
         try:
-            produce(
-                broker.bootstrap,
-                t.events,
-                [event_json(f"e{i}-{unique}", when=datetime.now(UTC)) for i in range(20)],
-            )
-            reader.until(
-                lambda r: len(r[t.verdicts]) >= 20, timeout=60, what="verdicts after the judge is back"
-            )
+            # The tier's circuit is open: events fail fast until its cool-down (1 s here) lets a probe
+            # through, which closes it. Send small waves until verdicts come back.
+            deadline = time.monotonic() + 60
+            wave = 0
+            while not reader.records[t.verdicts]:
+                assert time.monotonic() < deadline, "no verdict within 60s of the judge coming back"
+                produce(
+                    broker.bootstrap,
+                    t.events,
+                    [event_json(f"e{wave}.{i}-{unique}", when=datetime.now(UTC)) for i in range(5)],
+                )
+                wave += 1
+                with contextlib.suppress(TimeoutError):
+                    reader.until(lambda r: bool(r[t.verdicts]), timeout=2, what="a verdict")
         finally:
             judge.stop()
         assert pipe.alive
+        later = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]][len(letters) :]
+        assert all("circuit open" in d.message for d in later), [d.message for d in later][:3]
     finally:
         pipe.stop()
         reader.close()
