@@ -12,6 +12,7 @@ import typer
 from evalstream.calibration import calibrate_command
 from evalstream.labels import label_command
 from evalstream.logs import configure_logging
+from evalstream.redrive import redrive_command
 from evalstream.replay import replay_command
 from evalstream.report import report_command
 
@@ -44,6 +45,7 @@ def _pipeline(ctx: typer.Context) -> None:
 
 
 app.command("label")(label_command)
+app.command("redrive")(redrive_command)
 app.command("replay")(replay_command)
 app.command("report")(report_command)
 
