@@ -102,6 +102,8 @@ class Stack:
             bootstrap,
             "--judges",
             ",".join(f"{t}={a}" for t, a in judges.items()),
+            "--metrics-port",
+            "0",
         ]
         pipeline_args += ["--cascade-config", str(cascade)]
         if opts.sampling_config:
@@ -110,7 +112,10 @@ class Stack:
             "pipeline", python_module("evalstream.pipelines", *pipeline_args), r"pipeline consuming"
         )
         pipeline.start()
-        self.where["pipeline (Beam micro-batches)"] = f"log {pipeline.log_file}"
+        pipeline_metrics = _metrics_address(pipeline)
+        self.where["pipeline (Beam micro-batches)"] = (
+            f"log {pipeline.log_file}, http://{pipeline_metrics}/metrics"
+        )
 
         exporter = self._child(
             "exporter",
@@ -133,6 +138,7 @@ class Stack:
             targets={
                 "evalstream-exporter": [match.group(1)],
                 "evalstream-judges": list(self.judge_metrics.values()),
+                "evalstream-pipeline": [pipeline_metrics],
             },
             data_dir=opts.state_dir / "prometheus",
             scrape_interval_s=opts.scrape_interval_s,
@@ -290,7 +296,7 @@ _METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
 
 
 def _metrics_address(child: ChildProcess) -> str:
-    """The judge server logs its /metrics address once it serves it."""
+    """Judge servers and the pipeline log their /metrics address once they serve it."""
     wait_until(lambda: bool(_METRICS_LINE.search(child.output())), timeout=30, what=f"{child.name} metrics")
     found = _METRICS_LINE.search(child.output())
     assert found is not None

@@ -55,6 +55,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry, start_http_server
 
 from evalstream import topics
 from evalstream.cascade_config import CascadeConfig, default_cascade
@@ -64,6 +65,7 @@ from evalstream.pipelines.decode import DecodeLimits
 from evalstream.pipelines.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipelines.evaluate import Evaluate, EvaluateConfig
 from evalstream.pipelines.judge_client import RetryPolicy
+from evalstream.pipelines.metrics import PipelineMetrics
 from evalstream.pipelines.records import KafkaRecord
 from evalstream.pipelines.sampling import SamplingConfig
 from evalstream.pipelines.settings import PipelineSettings, parse_endpoints
@@ -286,6 +288,7 @@ class MicroBatchRunner:
         self._retired: list[str] = []  # transactional ids of this process's failed producers
         self._assignments = _Assignments()
         self.broker_lost_state = False  # set by _reconcile: the loop then starts a new producer
+        self.metrics: PipelineMetrics | None = None  # set by run() with --metrics-port
 
     def _consumer(self) -> KafkaConsumer:
         s = self._settings
@@ -461,6 +464,10 @@ class MicroBatchRunner:
             self._seen = SeenIds(self._settings.dedupe_window)
             self._shared_seen = SharedSeenIds(self._seen)
             self.broker_lost_state = True
+            if self.metrics is not None:
+                for tp in lost:
+                    kind = "commits" if group[tp] < self._committed.get(tp, 0) else "records"
+                    self.metrics.lost_state.labels(kind=kind).inc()
             for tp in lost:
                 self._committed[tp] = group[tp]
                 consumer.seek(tp, group[tp])
@@ -545,6 +552,11 @@ class MicroBatchRunner:
         for tp, (_, hi) in spans.items():
             self._committed[tp] = hi + 1
         st.last_batch_done_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.batches.inc()
+            self.metrics.records.inc(len(records))
+            self.metrics.duration.observe(st.last_batch_done_at - began)
+            self.metrics.last_batch.set_to_current_time()
         st.beam_s += beam_done - began
         st.write_s += st.last_batch_done_at - beam_done
         log.debug(
@@ -599,6 +611,8 @@ class MicroBatchRunner:
                         backoff = 0.5
                     except KafkaError as exc:
                         self.stats.retries += 1
+                        if self.metrics is not None:
+                            self.metrics.retries.inc()
                         log.warning(
                             "writing a batch of %d records failed (%s: %s); nothing of it is visible, "
                             "retrying from the batch start in %.1fs with a new producer",
@@ -718,6 +732,10 @@ def _arg_parser() -> argparse.ArgumentParser:
         help="share of sampled events also sent to tier 1 for embedding statistics (0: off; default 0.1)",
     )
     p.add_argument("--exit-when-idle-s", type=float, help="exit after this long with no new events")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve the process's health on /metrics (0: any free port)"
+    )
+    p.add_argument("--metrics-host", help="address /metrics binds (default 127.0.0.1)")
     p.add_argument("--no-transactions", action="store_true", help="at-least-once instead of transactions")
     p.add_argument("--runner", default="local", help="local (micro-batches) or a Beam streaming runner")
     return p
@@ -757,6 +775,14 @@ def run(argv: Sequence[str] | None = None) -> RunStats | None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     runner = MicroBatchRunner(settings, kafka, stop=stop)
+    if settings.metrics_port is not None:
+        registry = CollectorRegistry()
+        breakers = runner.config.breakers
+        runner.metrics = PipelineMetrics(
+            registry, breakers=(lambda: breakers.resolve().all()) if breakers is not None else None
+        )
+        server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_port)
     stats = runner.run()
     log.info(
         "pipeline stopped after %d batches, %d events (pid %d)", stats.batches, stats.events_in, os.getpid()

@@ -78,6 +78,10 @@ class PipelineSettings(BaseSettings):
     #: at once instead of waiting for the broker to expire the dead member (noida-db never does).
     #: One per pipeline process; empty: the transactional id prefix.
     group_instance_id: str = ""
+    #: Serve the process's own health on http://metrics_host:metrics_port/metrics (None: off; 0: any
+    #: free port, logged). See ``pipelines/metrics.py``.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: str = "127.0.0.1"
     #: Exit once no new records arrive for this many seconds (0: run forever).
     exit_when_idle_s: Annotated[float, Field(ge=0)] = 0.0
 

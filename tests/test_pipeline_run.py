@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.broker import EmbeddedBroker
 from evalstream.kafka_admin import ensure_topics
-from evalstream.procs import free_port
+from evalstream.procs import free_port, wait_until
 from evalstream.replay import ReplayOptions, run_replay
 from evalstream.settings import KafkaSettings
 from evalstream.supervisor import ChildProcess, python_module
@@ -181,6 +184,8 @@ def test_judge_down_dead_letters_then_recovers(
         "1.5",
         "--judge-breaker-open-s",
         "1",
+        "--metrics-port",
+        "0",
     )
     children.append(pipe)
     pipe.start(timeout=60)
@@ -193,6 +198,10 @@ def test_judge_down_dead_letters_then_recovers(
         reader.until(lambda r: len(r[t.dead]) >= 20, timeout=60, what="dead letters while the judge is down")
         letters = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
         assert {d.error_type for d in letters} == {"judge_unavailable"}
+        # The pipeline's own /metrics shows the tier's circuit open and the calls it refused.
+        metrics = pipeline_metrics(pipe)
+        assert metrics[("evalstream_pipeline_judge_circuit_state", (("state", "closed"), ("tier", "0")))] == 0
+        assert metrics[("evalstream_pipeline_judge_circuit_rejected_total", (("tier", "0"),))] > 0
         # The first calls wait out their deadline (UNAVAILABLE); once the tier's circuit opens, fail fast.
         assert all(
             d.stage == "judge" and ("UNAVAILABLE" in d.message or "circuit open" in d.message)
@@ -225,11 +234,34 @@ def test_judge_down_dead_letters_then_recovers(
         finally:
             judge.stop()
         assert pipe.alive
+        wait_until(
+            lambda: (
+                pipeline_metrics(pipe)[
+                    ("evalstream_pipeline_judge_circuit_state", (("state", "closed"), ("tier", "0")))
+                ]
+                == 1
+            ),
+            timeout=30,
+            what="the pipeline's circuit for tier 0 to show closed on /metrics",
+        )
+        assert pipeline_metrics(pipe)[("evalstream_pipeline_batches_total", ())] >= 2
         later = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]][len(letters) :]
         assert all("circuit open" in d.message for d in later), [d.message for d in later][:3]
     finally:
         pipe.stop()
         reader.close()
+
+
+def pipeline_metrics(pipe: ChildProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on the pipeline's /metrics, keyed by (name, sorted labels)."""
+    found = re.search(r"metrics on (http://\S+/metrics)", pipe.output())
+    assert found, "the pipeline did not log its /metrics address"
+    text = httpx.get(found.group(1), timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_xstest_replay_with_malformed_events_balances_exactly(

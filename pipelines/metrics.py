@@ -1,0 +1,93 @@
+"""The pipeline process's own health on ``/metrics`` (``--metrics-port``; off by default).
+
+What the pipeline judges is counted by the exporter from the summaries ("Why summaries, not gauges");
+this is about the process itself, so an SRE sees faults the outputs cannot show:
+
+``evalstream_pipeline_batches_total``                 micro-batches committed
+``evalstream_pipeline_batch_records_total``           records in them
+``evalstream_pipeline_batch_duration_seconds``        time per batch, judging and commit included
+``evalstream_pipeline_write_retries_total``           batches whose write or commit failed and were read
+                                                      again with a new producer
+``evalstream_pipeline_broker_lost_state_total``       times the broker was found to have lost commits
+                                                      or records (``_reconcile``), by ``kind``
+``evalstream_pipeline_judge_circuit_state{tier,state}``     1 for each tier's breaker's current state
+``evalstream_pipeline_judge_circuit_rejected_total{tier}``  calls the open circuit refused
+``evalstream_pipeline_last_batch_timestamp_seconds``  when the last batch was committed (unix time)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from evalstream.circuit import CircuitBreaker, CircuitState
+
+__all__ = ["PipelineMetrics"]
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class _Breakers(Collector):
+    """Each tier's breaker's snapshot, read at scrape time."""
+
+    def __init__(self, breakers: Callable[[], dict[int, CircuitBreaker]]) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            "evalstream_pipeline_judge_circuit_state",
+            "The pipeline's circuit breaker per judge tier: 1 for the current state.",
+            labels=["tier", "state"],
+        )
+        rejected = CounterMetricFamily(
+            "evalstream_pipeline_judge_circuit_rejected",
+            "Judge calls the tier's open circuit refused (failed fast).",
+            labels=["tier"],
+        )
+        for tier, breaker in sorted(self._breakers().items()):
+            snap = breaker.snapshot()
+            for s in CircuitState:
+                state.add_metric([str(tier), s.value], 1.0 if snap.state is s else 0.0)
+            rejected.add_metric([str(tier)], float(snap.rejected))
+        yield state
+        yield rejected
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return iter(())
+
+
+class PipelineMetrics:
+    def __init__(
+        self, registry: CollectorRegistry, breakers: Callable[[], dict[int, CircuitBreaker]] | None = None
+    ) -> None:
+        self.batches = Counter("evalstream_pipeline_batches", "Micro-batches committed.", registry=registry)
+        self.records = Counter(
+            "evalstream_pipeline_batch_records", "Records in committed micro-batches.", registry=registry
+        )
+        self.duration = Histogram(
+            "evalstream_pipeline_batch_duration_seconds",
+            "Time per micro-batch, judging and commit included.",
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "evalstream_pipeline_write_retries",
+            "Batches whose write or commit failed; read again with a new producer.",
+            registry=registry,
+        )
+        self.lost_state = Counter(
+            "evalstream_pipeline_broker_lost_state",
+            "Times the broker was found to have lost commits or records, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.last_batch = Gauge(
+            "evalstream_pipeline_last_batch_timestamp_seconds",
+            "When the last micro-batch was committed (unix time).",
+            registry=registry,
+        )
+        if breakers is not None:
+            registry.register(_Breakers(breakers))
