@@ -84,6 +84,8 @@ class PipelineMetrics:
             ["kind"],
             registry=registry,
         )
+        for kind in ("commits", "records"):  # a series from the start, so rate() and alerts see it
+            self.lost_state.labels(kind=kind)
         self.last_batch = Gauge(
             "evalstream_pipeline_last_batch_timestamp_seconds",
             "When the last micro-batch was committed (unix time).",

@@ -1,11 +1,13 @@
 """Every series name evalstream exports: the exporter's (``SPECS``, the shell's own), a judge server's,
-and the LLM judge's circuit breakers'. Rules and dashboards may name only these (or recorded ones)."""
+the LLM judge's circuit breakers', and the pipeline process's own. Rules and dashboards may name only
+these (or recorded ones)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
 from evalstream.circuit import BreakerPolicy, CircuitBreaker
+from evalstream.pipelines.metrics import PipelineMetrics
 from evalstream.services.exporter.core import SPECS
 from evalstream.services.exporter.server import ShellMetrics
 from evalstream.services.judges.circuit import BreakerCollector
@@ -23,6 +25,7 @@ def exported_names() -> set[str]:
     ServerMetrics(registry, "judge")
     breaker = CircuitBreaker("endpoint", BreakerPolicy(failure_threshold=1, open_s=1.0))
     registry.register(BreakerCollector("judge", [("endpoint", breaker)]))
+    PipelineMetrics(registry, breakers=lambda: {0: breaker})
     for metric in registry.collect():
         names |= {sample.name for sample in metric.samples}
         names.add(metric.name + ("_total" if metric.type == "counter" else ""))

@@ -88,8 +88,20 @@ def start_observed_stack(
     # Small judge batches: the encoder answers a batch of 32 well within the client's 5 s attempt
     # timeout even on a busy 2-core machine; 256 (the default) did not, and tripped the circuit.
     env = {"EVALSTREAM_PIPELINE_JUDGE_BATCH_SIZE": "32"}
-    pipe = pipeline(bootstrap, judges, t, unique, log_dir, "--cascade-config", str(cascade_file), env=env)
+    pipe = pipeline(
+        bootstrap,
+        judges,
+        t,
+        unique,
+        log_dir,
+        "--cascade-config",
+        str(cascade_file),
+        "--metrics-port",
+        "0",
+        env=env,
+    )
     start(children, pipe)
+    pipeline_metrics = _metrics_address(pipe)
 
     flags = [
         "--bootstrap", bootstrap,
@@ -125,6 +137,7 @@ def start_observed_stack(
             targets={
                 "evalstream-exporter": [exporter_address],
                 "evalstream-judges": sorted(judge_metrics.values()),
+                "evalstream-pipeline": [pipeline_metrics],
             },
             data_dir=log_dir / "prometheus",
             rules=list(rules) if rules is not None else rule_files(),
@@ -133,7 +146,7 @@ def start_observed_stack(
             evaluation_interval_s=interval_s,
         )
     )
-    wait_until(prometheus.targets_up, timeout=30, what="prometheus to scrape the exporter and the judges")
+    wait_until(prometheus.targets_up, timeout=30, what="prometheus to scrape every target")
     return ObservedStack(
         bootstrap=bootstrap,
         topics=t,

@@ -579,6 +579,51 @@ PIPELINE = DashboardSpec(
             ),
         ),
         RowSpec(
+            title="Pipeline process",
+            panels=(
+                ts(
+                    "Micro-batches, write retries, broker lost state",
+                    "From the pipeline's own /metrics (--metrics-port): batches committed per second, "
+                    "batches whose write or commit failed and were read again, and times the broker was "
+                    "found to have lost commits or records (a crash). Alert: "
+                    "EvalstreamPipelineBrokerLostState.",
+                    t(f"sum(rate(evalstream_pipeline_batches_total[{RATE}]))", "batches/s"),
+                    t(f"sum(rate(evalstream_pipeline_write_retries_total[{RATE}]))", "write retries/s"),
+                    t(
+                        f"sum by (kind) (rate(evalstream_pipeline_broker_lost_state_total[{RATE}]))",
+                        "broker lost {{kind}}/s",
+                    ),
+                    min=0,
+                ),
+                ts(
+                    "Micro-batch duration, p95",
+                    "Time per micro-batch, judging and commit included (the pipeline's /metrics).",
+                    t(
+                        "histogram_quantile(0.95, sum by (le) "
+                        f"(rate(evalstream_pipeline_batch_duration_seconds_bucket[{RATE}])))",
+                        "p95",
+                    ),
+                    unit="s",
+                    min=0,
+                ),
+                ts(
+                    "Judge tier circuits (pipeline side)",
+                    "1 while the pipeline's breaker for a judge tier is not closed (its calls fail fast, "
+                    "items escalate or are dead-lettered as judge_unavailable), and calls it refused per "
+                    "second.",
+                    t(
+                        'max by (tier) (evalstream_pipeline_judge_circuit_state{state!="closed"})',
+                        "tier {{tier}} not closed",
+                    ),
+                    t(
+                        f"sum by (tier) (rate(evalstream_pipeline_judge_circuit_rejected_total[{RATE}]))",
+                        "tier {{tier}} refused/s",
+                    ),
+                    min=0,
+                ),
+            ),
+        ),
+        RowSpec(
             title="Dead letters",
             panels=(
                 ts(
