@@ -208,29 +208,9 @@ def test_judge_down_dead_letters_then_recovers(
             for d in letters
         )
 
-        judge = ChildProcess(
-            name="judge-late",
-            cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", str(port)),
-            log_file=tmp_path / "judge.log",
-            ready=JUDGE_READY,
-        )
-        children.append(judge)
-        judge.start(timeout=60)
+        judge = start_rules_judge(port, tmp_path, children)
         try:
-            # The tier's circuit is open: events fail fast until its cool-down (1 s here) lets a probe
-            # through, which closes it. Send small waves until verdicts come back.
-            deadline = time.monotonic() + 60
-            wave = 0
-            while not reader.records[t.verdicts]:
-                assert time.monotonic() < deadline, "no verdict within 60s of the judge coming back"
-                produce(
-                    broker.bootstrap,
-                    t.events,
-                    [event_json(f"e{wave}.{i}-{unique}", when=datetime.now(UTC)) for i in range(5)],
-                )
-                wave += 1
-                with contextlib.suppress(TimeoutError):
-                    reader.until(lambda r: bool(r[t.verdicts]), timeout=2, what="a verdict")
+            send_until_judged(broker.bootstrap, t, reader, prefix=f"e-{unique}", per_wave=5)
         finally:
             judge.stop()
         assert pipe.alive
@@ -250,6 +230,36 @@ def test_judge_down_dead_letters_then_recovers(
     finally:
         pipe.stop()
         reader.close()
+
+
+def start_rules_judge(port: int, log_dir: Path, children: list[ChildProcess]) -> ChildProcess:
+    """A tier-0 judge server on ``port``, started (for a judge that was down and comes back)."""
+    judge = ChildProcess(
+        name="judge-late",
+        cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", str(port)),
+        log_file=log_dir / "judge.log",
+        ready=JUDGE_READY,
+    )
+    children.append(judge)
+    judge.start(timeout=60)
+    return judge
+
+
+def send_until_judged(bootstrap: str, t: Topics, reader: TopicReader, *, prefix: str, per_wave: int) -> None:
+    """Produce small waves of events until a verdict comes back. After a judge comes back its tier's
+    circuit is still open: events fail fast until the cool-down lets a probe through, which closes it."""
+    deadline = time.monotonic() + 60
+    wave = 0
+    while not reader.records[t.verdicts]:
+        assert time.monotonic() < deadline, "no verdict within 60s of the judge coming back"
+        produce(
+            bootstrap,
+            t.events,
+            [event_json(f"{prefix}-{wave}.{i}", when=datetime.now(UTC)) for i in range(per_wave)],
+        )
+        wave += 1
+        with contextlib.suppress(TimeoutError):
+            reader.until(lambda r: bool(r[t.verdicts]), timeout=2, what="a verdict")
 
 
 def pipeline_metrics(pipe: ChildProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,8 +4,6 @@ the judge is back, each exactly once, and a second run redrives nothing."""
 from __future__ import annotations
 
 import collections
-import contextlib
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,12 @@ from evalstream.cli import app
 from evalstream.procs import free_port
 from evalstream.redrive import GROUP_ID, redrive
 from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.supervisor import ChildProcess
 from evalstream.v1 import verdict_pb2
 
 from .kafka_helpers import TopicReader
 from .pipeline_helpers import event_json
-from .test_pipeline_run import JUDGE_READY, Topics, pipeline_process, produce
+from .test_pipeline_run import Topics, pipeline_process, produce, send_until_judged, start_rules_judge
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -79,23 +77,9 @@ def test_redrive_judges_dead_lettered_events_once_the_judge_is_back(
         assert result.exit_code == 0, result.output
         assert "would redrive 20 (judge_unavailable 20)" in result.output, result.output
 
-        judge = ChildProcess(
-            name="judge-back",
-            cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", str(port)),
-            log_file=tmp_path / "judge.log",
-            ready=JUDGE_READY,
-        )
-        children.append(judge)
-        judge.start(timeout=60)
+        start_rules_judge(port, tmp_path, children)
         # Until the tier's circuit closes (its next probe), events fail fast; canaries show when it has.
-        deadline = time.monotonic() + 60
-        wave = 0
-        while not reader.records[t.verdicts]:
-            assert time.monotonic() < deadline, "no verdict within 60s of the judge coming back"
-            produce(broker.bootstrap, t.events, [event_json(f"c{wave}-{unique}", when=datetime.now(UTC))])
-            wave += 1
-            with contextlib.suppress(TimeoutError):
-                reader.until(lambda r: bool(r[t.verdicts]), timeout=2, what="a canary verdict")
+        send_until_judged(broker.bootstrap, t, reader, prefix=f"c-{unique}", per_wave=1)
 
         reader.settle(1.0)
         letters = [verdict_pb2.DeadLetter.FromString(m.value) for m in reader.records[t.dead]]
