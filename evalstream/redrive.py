@@ -41,6 +41,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from evalstream import topics
+from evalstream.kafka_writes import await_acknowledged
 from evalstream.pipelines.records import DeadReason, Stage
 from evalstream.settings import KafkaSettings
 from evalstream.v1 import verdict_pb2
@@ -188,11 +189,7 @@ def _one_batch(
             )
             for topic, key, value, reason in outgoing
         ]
-        producer.flush()
-        for future in futures:
-            if future.failed():
-                error = future.exception
-                raise error if isinstance(error, KafkaError) else KafkaError(repr(error))
+        await_acknowledged(producer, futures)
         producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
         producer.commit_transaction()
     except KafkaError:

@@ -53,13 +53,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, start_http_server
 
 from evalstream import topics
 from evalstream.cascade_config import CascadeConfig, default_cascade
 from evalstream.circuit import BreakerPolicy
+from evalstream.kafka_writes import await_acknowledged
 from evalstream.pipelines.cascade import EmbeddingProbe, SharedBreakers
 from evalstream.pipelines.decode import DecodeLimits
 from evalstream.pipelines.dedupe import SeenIds, SharedSeenIds
@@ -381,11 +382,8 @@ class MicroBatchRunner:
         return batch
 
     def _write(self, producer: KafkaProducer, result: BatchResult) -> None:
-        """Send every output and wait until the broker acknowledged each; raise the first failure.
-
-        Checked before the commit: kafka-python can commit a transaction some of whose records the
-        broker refused (seen after a broker crash: OutOfOrderSequenceNumber on the sends, then a
-        commit that returned), which would publish part of a batch and commit its offsets."""
+        """Send every output and wait until the broker acknowledged each; raise the first failure
+        (checked before the commit: ``evalstream.kafka_writes``)."""
         s = self._settings
         sent = []
         for verdict in result.verdicts:
@@ -404,13 +402,7 @@ class MicroBatchRunner:
             sent.append(
                 producer.send(s.audit_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString())
             )
-        producer.flush(timeout=WRITE_TIMEOUT_S)
-        for future in sent:
-            if not future.is_done:
-                raise KafkaTimeoutError(f"a record was not acknowledged within {WRITE_TIMEOUT_S:.0f}s")
-            if future.failed():
-                error = future.exception
-                raise error if isinstance(error, KafkaError) else KafkaError(repr(error))
+        await_acknowledged(producer, sent, WRITE_TIMEOUT_S)
 
     def _reconcile(self, consumer: KafkaConsumer, messages: list[Any]) -> list[Any]:
         """Check a polled batch against what the broker holds now; return the records to judge.
