@@ -18,7 +18,9 @@ what a failure is; the breaker only counts::
 
 A call allowed while the circuit was closed may report after it opened: its failure is ignored and
 its success is ignored too (the next probe decides). Every method is thread-safe; time is the
-``clock`` parameter (seconds, monotonic). Counters for metrics: ``snapshot()``.
+``clock`` parameter (seconds, monotonic). Counters for metrics: ``snapshot()``; as Prometheus
+series read at scrape time: ``BreakerCollector`` (the LLM judge's per endpoint, the pipeline's per
+tier).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["BreakerPolicy", "BreakerSnapshot", "CircuitBreaker", "CircuitState"]
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["BreakerCollector", "BreakerPolicy", "BreakerSnapshot", "CircuitBreaker", "CircuitState"]
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +187,52 @@ class CircuitBreaker:
             self._opened_at = self._clock()
         elif state is CircuitState.CLOSED:
             self._failures = 0
+
+
+class BreakerCollector(Collector):
+    """Breakers' snapshots as ``<prefix>_state{..., state}`` (1 for the current state),
+    ``<prefix>_transitions_total{..., state}``, ``<prefix>_rejected_total`` and
+    ``<prefix>_consecutive_failures``, read at scrape time; nothing is registered at import.
+
+    ``breakers`` returns (label values, breaker) pairs, the values in the order of ``labels``; it is
+    called at every scrape, so breakers made later (one per tier, on first use) show up."""
+
+    def __init__(
+        self,
+        prefix: str,
+        what: str,
+        labels: Sequence[str],
+        breakers: Callable[[], Iterable[tuple[Sequence[str], CircuitBreaker]]],
+    ) -> None:
+        self._prefix = prefix
+        self._what = what
+        self._labels = list(labels)
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        p, labels = self._prefix, self._labels
+        state = GaugeMetricFamily(
+            f"{p}_state",
+            f"Circuit breaker state per {self._what}: 1 for the current state.",
+            labels=[*labels, "state"],
+        )
+        transitions = CounterMetricFamily(
+            f"{p}_transitions", "Times the circuit entered each state.", labels=[*labels, "state"]
+        )
+        rejected = CounterMetricFamily(
+            f"{p}_rejected", "Attempts refused (failed fast) because the circuit was open.", labels=labels
+        )
+        failures = GaugeMetricFamily(
+            f"{p}_consecutive_failures", f"Failed calls in a row against the {self._what} now.", labels=labels
+        )
+        for values, breaker in self._breakers():
+            snap = breaker.snapshot()
+            for s in CircuitState:
+                state.add_metric([*values, s.value], 1.0 if snap.state is s else 0.0)
+                transitions.add_metric([*values, s.value], snap.transitions.get(s, 0))
+            rejected.add_metric(list(values), snap.rejected)
+            failures.add_metric(list(values), snap.consecutive_failures)
+        yield from (state, transitions, rejected, failures)
+
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return self.collect()

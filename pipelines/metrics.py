@@ -12,51 +12,21 @@ this is about the process itself, so an SRE sees faults the outputs cannot show:
                                                       or records (``_reconcile``), by ``kind``
 ``evalstream_pipeline_judge_circuit_state{tier,state}``     1 for each tier's breaker's current state
 ``evalstream_pipeline_judge_circuit_rejected_total{tier}``  calls the open circuit refused
+``evalstream_pipeline_judge_circuit_transitions_total{tier,state}``, ``..._consecutive_failures{tier}``
 ``evalstream_pipeline_last_batch_timestamp_seconds``  when the last batch was committed (unix time)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from evalstream.circuit import CircuitBreaker, CircuitState
+from evalstream.circuit import BreakerCollector, CircuitBreaker
 
 __all__ = ["PipelineMetrics"]
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-
-class _Breakers(Collector):
-    """Each tier's breaker's snapshot, read at scrape time."""
-
-    def __init__(self, breakers: Callable[[], dict[int, CircuitBreaker]]) -> None:
-        self._breakers = breakers
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        state = GaugeMetricFamily(
-            "evalstream_pipeline_judge_circuit_state",
-            "The pipeline's circuit breaker per judge tier: 1 for the current state.",
-            labels=["tier", "state"],
-        )
-        rejected = CounterMetricFamily(
-            "evalstream_pipeline_judge_circuit_rejected",
-            "Judge calls the tier's open circuit refused (failed fast).",
-            labels=["tier"],
-        )
-        for tier, breaker in sorted(self._breakers().items()):
-            snap = breaker.snapshot()
-            for s in CircuitState:
-                state.add_metric([str(tier), s.value], 1.0 if snap.state is s else 0.0)
-            rejected.add_metric([str(tier)], float(snap.rejected))
-        yield state
-        yield rejected
-
-    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        return iter(())
 
 
 class PipelineMetrics:
@@ -92,4 +62,11 @@ class PipelineMetrics:
             registry=registry,
         )
         if breakers is not None:
-            registry.register(_Breakers(breakers))
+            registry.register(
+                BreakerCollector(
+                    "evalstream_pipeline_judge_circuit",
+                    "judge tier",
+                    ("tier",),
+                    lambda: [((str(tier),), b) for tier, b in sorted(breakers().items())],
+                )
+            )

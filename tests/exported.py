@@ -10,7 +10,7 @@ from evalstream.circuit import BreakerPolicy, CircuitBreaker
 from evalstream.pipelines.metrics import PipelineMetrics
 from evalstream.services.exporter.core import SPECS
 from evalstream.services.exporter.server import ShellMetrics
-from evalstream.services.judges.circuit import BreakerCollector
+from evalstream.services.judges.circuit import register_breaker_metrics
 from evalstream.services.judges.server import ServerMetrics
 
 
@@ -24,7 +24,7 @@ def exported_names() -> set[str]:
     ShellMetrics(registry)
     ServerMetrics(registry, "judge")
     breaker = CircuitBreaker("endpoint", BreakerPolicy(failure_threshold=1, open_s=1.0))
-    registry.register(BreakerCollector("judge", [("endpoint", breaker)]))
+    register_breaker_metrics(registry, "judge", [("endpoint", breaker)])
     PipelineMetrics(registry, breakers=lambda: {0: breaker})
     for metric in registry.collect():
         names |= {sample.name for sample in metric.samples}

@@ -31,15 +31,13 @@ Metrics, registered on the judge server's registry (``register_metrics``), read 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from evalstream.circuit import BreakerPolicy, CircuitBreaker, CircuitState
+from evalstream.circuit import BreakerCollector, BreakerPolicy, CircuitBreaker
 
-__all__ = ["BreakerCollector", "endpoint_breaker", "register_breaker_metrics"]
+__all__ = ["endpoint_breaker", "register_breaker_metrics"]
 
 
 def endpoint_breaker(
@@ -53,49 +51,10 @@ def endpoint_breaker(
     )
 
 
-class BreakerCollector(Collector):
-    """Exposes breakers' snapshots as metrics; nothing is registered at import."""
-
-    def __init__(self, judge: str, breakers: Sequence[tuple[str, CircuitBreaker]]) -> None:
-        self._judge = judge
-        self._breakers = tuple(breakers)  # (endpoint label, breaker)
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        labels = ["judge", "endpoint"]
-        state = GaugeMetricFamily(
-            "evalstream_judge_circuit_state",
-            "Circuit breaker state per LLM endpoint: 1 for the current state.",
-            labels=[*labels, "state"],
-        )
-        transitions = CounterMetricFamily(
-            "evalstream_judge_circuit_transitions",
-            "Times the circuit entered each state.",
-            labels=[*labels, "state"],
-        )
-        rejected = CounterMetricFamily(
-            "evalstream_judge_circuit_rejected",
-            "Attempts refused (failed fast) because the circuit was open.",
-            labels=labels,
-        )
-        failures = GaugeMetricFamily(
-            "evalstream_judge_circuit_consecutive_failures",
-            "Failed calls in a row against the endpoint now.",
-            labels=labels,
-        )
-        for endpoint, breaker in self._breakers:
-            snap = breaker.snapshot()
-            for s in CircuitState:
-                state.add_metric([self._judge, endpoint, s.value], 1.0 if snap.state is s else 0.0)
-                transitions.add_metric([self._judge, endpoint, s.value], snap.transitions.get(s, 0))
-            rejected.add_metric([self._judge, endpoint], snap.rejected)
-            failures.add_metric([self._judge, endpoint], snap.consecutive_failures)
-        yield from (state, transitions, rejected, failures)
-
-    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        return self.collect()
-
-
 def register_breaker_metrics(
     registry: CollectorRegistry, judge: str, breakers: Sequence[tuple[str, CircuitBreaker]]
 ) -> None:
-    registry.register(BreakerCollector(judge, breakers))
+    pairs = [((judge, endpoint), breaker) for endpoint, breaker in breakers]
+    registry.register(
+        BreakerCollector("evalstream_judge_circuit", "LLM endpoint", ("judge", "endpoint"), lambda: pairs)
+    )
