@@ -41,11 +41,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evalstream.datasets import data_root, read_xstest
-from evalstream.services.judges.base import Judge, JudgeInput
-from evalstream.services.judges.encoder import ENCODER_MODEL_DIR_ENV, EncoderJudge
-from evalstream.services.judges.encoder_train import train
-from evalstream.services.judges.rules import RulesJudge
+from evalstream.evaluation.datasets import data_root, read_xstest
+from evalstream.judges.base import Judge, JudgeInput
+from evalstream.judges.encoder import ENCODER_MODEL_DIR_ENV, EncoderJudge
+from evalstream.judges.encoder_train import train
+from evalstream.judges.rules import RulesJudge
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encoder_judge.json"
 BATCH_SIZES = (1, 16, 128)
@@ -54,14 +54,14 @@ _LOAD_ENCODER = """
 import sys, time
 from pathlib import Path
 t = time.perf_counter()
-from evalstream.services.judges.encoder import EncoderJudge
+from evalstream.judges.encoder import EncoderJudge
 judge = EncoderJudge.load(Path(sys.argv[1]), num_threads=1)
 print(time.perf_counter() - t)
 """
 _LOAD_RULES = """
 import time
 t = time.perf_counter()
-from evalstream.services.judges.rules import RulesJudge
+from evalstream.judges.rules import RulesJudge
 judge = RulesJudge.load()
 print(time.perf_counter() - t)
 """

@@ -39,16 +39,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 from rich.table import Table
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.dimensions import RefusalLabel, quality_label
-from evalstream.kafka_admin import ensure_topics
-from evalstream.services.exporter.core import ExporterCore, Stream
-from evalstream.services.exporter.labels import DEFAULT_CAPS, LabelBudget, LabelName
-from evalstream.services.exporter.server import Exporter
-from evalstream.services.exporter.settings import ExporterSettings
-from evalstream.services.exporter.state import SavedState, StateFile
-from evalstream.settings import KafkaSettings
+from evalstream.exporter.core import ExporterCore, Stream
+from evalstream.exporter.labels import DEFAULT_CAPS, LabelBudget, LabelName
+from evalstream.exporter.server import Exporter
+from evalstream.exporter.settings import ExporterSettings
+from evalstream.exporter.state import SavedState, StateFile
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.runtime.settings import KafkaSettings
 from evalstream.v1 import summary_pb2, verdict_pb2
+from evalstream.wire.dimensions import RefusalLabel, quality_label
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REASONS = (

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evalstream.datasets import XSTEST_MODELS, XSTestRecord, data_root, read_xstest
-from evalstream.services.judges.base import JudgeInput
-from evalstream.services.judges.rules import RulesJudge
-from evalstream.services.judges.rules_fit import (
+from evalstream.evaluation.datasets import XSTEST_MODELS, XSTestRecord, data_root, read_xstest
+from evalstream.judges.base import JudgeInput
+from evalstream.judges.rules import RulesJudge
+from evalstream.judges.rules_fit import (
     ATTRIBUTION,
     Agreement,
     agreement,
@@ -153,7 +153,7 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "judge": judge.name,
-        "split": "held-out prompts (by prompt id); see services/judges/rules_fit.py",
+        "split": "held-out prompts (by prompt id); see services/evalstream/judges/rules_fit.py",
         "held_out": [r.as_dict() for r in rows],
         "all_items_including_fit": everything.as_dict(),
         "calibration_held_out": calibration,

@@ -29,14 +29,14 @@ from kafka import KafkaConsumer, KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.datasets import read_xstest
-from evalstream.kafka_admin import ensure_topics
-from evalstream.pipelines.run import MicroBatchRunner
-from evalstream.pipelines.settings import PipelineSettings
-from evalstream.replay import build_event
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.pipeline.run import MicroBatchRunner
+from evalstream.pipeline.settings import PipelineSettings
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import build_event
 from evalstream.v1 import verdict_pb2
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -107,7 +107,7 @@ def main() -> None:
     ):
         judge = ChildProcess(
             name="judge-tier0",
-            cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", "0"),
+            cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", "0"),
             log_file=Path(tmp) / "judge.log",
             ready=r"evalstream-judge listening on (\S+)",
         )
@@ -143,7 +143,7 @@ def main() -> None:
             pipe = ChildProcess(
                 name="pipeline",
                 cmd=python_module(
-                    "evalstream.pipelines",
+                    "evalstream.pipeline",
                     "--bootstrap",
                     broker.bootstrap,
                     "--judges",

@@ -47,14 +47,14 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.kafka_admin import ensure_topics
-from evalstream.procs import free_port
-from evalstream.replay import ReplayOptions, ReplayReport, run_replay
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import free_port
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import ReplayOptions, ReplayReport, run_replay
 from evalstream.v1 import summary_pb2, verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JUDGE_READY = r"evalstream-judge listening on (\S+)"
@@ -208,7 +208,7 @@ def main() -> int:
         replay = Part(
             name="llm-replay",
             cmd=lambda extra: python_module(
-                "evalstream.services.llm_replay",
+                "evalstream.llm_replay",
                 "--port",
                 str(ports["replay"]),
                 "--datasets",
@@ -223,7 +223,7 @@ def main() -> int:
             return Part(
                 name=f"judge-{name}",
                 cmd=lambda extra: python_module(
-                    "evalstream.services.judges.server", "--judge", name, "--port", str(ports[name]), *extra
+                    "evalstream.judges.server", "--judge", name, "--port", str(ports[name]), *extra
                 ),
                 ready=JUDGE_READY,
                 log_dir=tmp,
@@ -250,7 +250,7 @@ def main() -> int:
         pipeline = Part(
             name="pipeline",
             cmd=lambda extra: python_module(
-                "evalstream.pipelines",
+                "evalstream.pipeline",
                 "--bootstrap",
                 broker.bootstrap,
                 "--judges",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.datasets import DataNotFoundError, data_root
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.evaluation.datasets import DataNotFoundError, data_root
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def encoder_artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("encoder") / "artefact"
     train = ChildProcess(
         name="encoder-train",
-        cmd=python_module("evalstream.services.judges.encoder_train", "--out", str(out)),
+        cmd=python_module("evalstream.judges.encoder_train", "--out", str(out)),
         log_file=out.parent / "train.log",
     )
     train.start()

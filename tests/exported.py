@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from evalstream.circuit import BreakerPolicy, CircuitBreaker
-from evalstream.pipelines.metrics import PipelineMetrics
-from evalstream.services.exporter.core import SPECS
-from evalstream.services.exporter.server import ShellMetrics
-from evalstream.services.judges.circuit import register_breaker_metrics
-from evalstream.services.judges.server import ServerMetrics
+from evalstream.exporter.core import SPECS
+from evalstream.exporter.server import ShellMetrics
+from evalstream.judges.circuit import register_breaker_metrics
+from evalstream.judges.server import ServerMetrics
+from evalstream.pipeline.metrics import PipelineMetrics
+from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
 
 
 def exported_names() -> set[str]:

@@ -15,11 +15,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalstream.alertmanager import AlertmanagerServer
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.procs import wait_until
-from evalstream.prometheus import PrometheusServer, rule_files
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.local.alertmanager import AlertmanagerServer
+from evalstream.local.prometheus import PrometheusServer, rule_files
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import wait_until
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 from .real_parts import Topics, judge_server, pipeline, start
 
@@ -117,7 +117,7 @@ def start_observed_stack(
     ]  # fmt: skip
     exporter = ChildProcess(
         name="exporter",
-        cmd=python_module("evalstream.services.exporter", *flags),
+        cmd=python_module("evalstream.exporter", *flags),
         log_file=log_dir / "exporter.log",
         ready=EXPORTER_READY,
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from evalstream import topics
-from evalstream.contract import LLMEventIn, MessageIn
-from evalstream.pipelines.records import KafkaRecord
+from evalstream.pipeline.records import KafkaRecord
+from evalstream.wire import topics
+from evalstream.wire.contract import LLMEventIn, MessageIn
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from evalstream.kafka_admin import ensure_topics
-from evalstream.replay import MAX_RECORD_BYTES, OutgoingRecord
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import MAX_RECORD_BYTES, OutgoingRecord
 
 JUDGE_READY = r"evalstream-judge listening on (\S+)"
 REPLAY_READY = r"evalstream-llm-replay listening on (http://\S+)"
@@ -57,7 +57,7 @@ def judge_server(
 ) -> ChildProcess:
     return ChildProcess(
         name=name,
-        cmd=python_module("evalstream.services.judges.server", "--judge", judge, "--port", "0", *args),
+        cmd=python_module("evalstream.judges.server", "--judge", judge, "--port", "0", *args),
         log_file=log_dir / f"{name}.log",
         ready=JUDGE_READY,
         env=dict(env or {}),
@@ -68,7 +68,7 @@ def replay_llm(name: str, log_dir: Path, *args: str) -> ChildProcess:
     """The replay LLM server (OpenAI-compatible, recorded verdicts), logging at DEBUG into its log."""
     return ChildProcess(
         name=name,
-        cmd=python_module("evalstream.services.llm_replay", "--port", "0", "--log-level", "DEBUG", *args),
+        cmd=python_module("evalstream.llm_replay", "--port", "0", "--log-level", "DEBUG", *args),
         log_file=log_dir / f"{name}.log",
         ready=REPLAY_READY,
     )
@@ -93,7 +93,7 @@ def pipeline(
     ]  # fmt: skip
     return ChildProcess(
         name="pipeline",
-        cmd=python_module("evalstream.pipelines", *flags),
+        cmd=python_module("evalstream.pipeline", *flags),
         log_file=log_dir / "pipeline.log",
         ready=r"pipeline consuming",
         env=dict(env or {}),

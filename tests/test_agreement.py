@@ -13,26 +13,19 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from evalstream.labels import (
-    XSTEST_ANNOTATORS,
-    HumanLabelIn,
-    LabelRecordError,
-    decode_label,
-    encode_label,
-    read_label_file,
-    xstest_labels,
-)
-from evalstream.replay import event_id_for
-from evalstream.report import kappa_with_ci
-from evalstream.services.exporter.agreement import (
+from evalstream.evaluation.statistics import kappa_with_ci
+from evalstream.exporter.agreement import (
     AgreementConfig,
     AgreementTracker,
     VerdictDimension,
     scores,
 )
-from evalstream.services.exporter.core import SPECS, ExporterCore, Outcome, Stream
-from evalstream.services.exporter.totals import Totals
+from evalstream.exporter.core import SPECS, ExporterCore, Outcome, Stream
+from evalstream.exporter.totals import Totals
+from evalstream.tools.labels import XSTEST_ANNOTATORS, read_label_file, xstest_labels
+from evalstream.tools.replay import event_id_for
 from evalstream.v1 import verdict_pb2
+from evalstream.wire.labels import HumanLabelIn, LabelRecordError, decode_label, encode_label
 
 WHEN = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
@@ -86,7 +79,7 @@ def test_label_record_round_trips_and_bad_records_say_what_is_wrong(tmp_path: Pa
 
 
 def test_xstest_labels_use_the_replayed_event_ids_and_all_three_annotators(shared_data):
-    from evalstream.datasets import read_xstest
+    from evalstream.evaluation.datasets import read_xstest
 
     records = read_xstest(shared_data, models=["gpt4"])[:5]
     out = list(xstest_labels(records, run_id="r1", passes=2, labelled_at=WHEN))

@@ -47,15 +47,16 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from evalstream import alertmanager, topics
-from evalstream.broker import EmbeddedBroker
-from evalstream.contract import now_utc
-from evalstream.datasets import XSTestRecord, read_xstest
-from evalstream.dimensions import RefusalLabel
-from evalstream.procs import wait_until
-from evalstream.prometheus import PrometheusServer, render_config, rule_files
-from evalstream.replay import RateLimiter, build_event
-from evalstream.supervisor import ChildProcess
+from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.local import alertmanager
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.prometheus import PrometheusServer, render_config, rule_files
+from evalstream.local.supervisor import ChildProcess
+from evalstream.runtime.procs import wait_until
+from evalstream.tools.replay import RateLimiter, build_event
+from evalstream.wire import topics
+from evalstream.wire.contract import now_utc
+from evalstream.wire.dimensions import RefusalLabel
 
 from .observed_stack import ObservedStack, start_observed_stack
 

@@ -19,8 +19,8 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFencedError
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.procs import wait_until
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.runtime.procs import wait_until
 
 PARTITIONS = 4
 

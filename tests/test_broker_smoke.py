@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from evalstream.broker import EmbeddedBroker
+from evalstream.local.broker import EmbeddedBroker
 
 
 def test_broker_round_trip(broker: EmbeddedBroker, unique: str) -> None:

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from scipy.stats import binom, binomtest
 from typer.testing import CliRunner
 
-from evalstream.calibration import (
+from evalstream.cli.app import app
+from evalstream.evaluation.calibration import (
     CalibrationError,
     CalibrationItem,
     TierSpec,
@@ -39,10 +40,7 @@ from evalstream.calibration import (
     summarise_routes,
     to_config,
 )
-from evalstream.cascade_config import CascadeConfig, TierRule
-from evalstream.cli import app
-from evalstream.dimensions import Dimension
-from evalstream.judgements import (
+from evalstream.evaluation.judgements import (
     HumanLabel,
     Judgement,
     LabelledSet,
@@ -54,7 +52,9 @@ from evalstream.judgements import (
     write_human_labels,
     write_judgements,
 )
-from evalstream.recorded_judgements import build, load_labelled_set
+from evalstream.evaluation.recorded_judgements import build, load_labelled_set
+from evalstream.wire.cascade_config import CascadeConfig, TierRule
+from evalstream.wire.dimensions import Dimension
 
 REFUSAL = Dimension.REFUSAL
 YES, NO = "full_compliance", "full_refusal"

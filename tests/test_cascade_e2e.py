@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.collect import calibrate_live, collect_xstest
-from evalstream.dimensions import LABELS, Dimension
-from evalstream.pipelines.judge_client import JudgeClient, RetryPolicy
-from evalstream.replay import ReplayOptions, run_replay
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.collect import calibrate_live, collect_xstest
+from evalstream.tools.replay import ReplayOptions, run_replay
 from evalstream.v1 import summary_pb2, verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.dimensions import LABELS, Dimension
 
 from .kafka_helpers import TopicReader
 from .test_pipeline_run import Topics, pipeline_process
@@ -35,7 +35,7 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, encoder_artefact: Path) -> I
     try:
         llm = ChildProcess(
             name="llm-replay",
-            cmd=python_module("evalstream.services.llm_replay", "--port", "0"),
+            cmd=python_module("evalstream.llm_replay", "--port", "0"),
             log_file=logs / "llm.log",
             ready=r"evalstream-llm-replay listening on (\S+)",
         )
@@ -51,7 +51,7 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, encoder_artefact: Path) -> I
         for tier, name in ((0, "rules"), (1, "encoder"), (2, "llm")):
             child = ChildProcess(
                 name=f"judge-{name}",
-                cmd=python_module("evalstream.services.judges.server", "--judge", name, "--port", "0"),
+                cmd=python_module("evalstream.judges.server", "--judge", name, "--port", "0"),
                 log_file=logs / f"{name}.log",
                 ready=JUDGE_READY,
                 env=env[tier],

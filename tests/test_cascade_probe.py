@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.datasets import read_xstest
-from evalstream.dimensions import EmbeddingStat
-from evalstream.pipelines.cascade import CascadeOutcome, EmbeddingProbe, judge_batch
-from evalstream.pipelines.judge_client import JudgeRejected, JudgeUnavailable
-from evalstream.pipelines.records import SampledEvent
-from evalstream.pipelines.sampling import SamplingConfig, decide
-from evalstream.pipelines.summarise import summaries_from
-from evalstream.services.judges.base import ItemOutcome, Judge, JudgeInput, JudgeOutput
-from evalstream.services.judges.rules import RulesJudge
-from evalstream.services.judges.server import check_request, to_inputs, to_response
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.judges.base import ItemOutcome, Judge, JudgeInput, JudgeOutput
+from evalstream.judges.rules import RulesJudge
+from evalstream.judges.server import check_request, to_inputs, to_response
+from evalstream.pipeline.cascade import CascadeOutcome, EmbeddingProbe, judge_batch
+from evalstream.pipeline.judge_client import JudgeRejected, JudgeUnavailable
+from evalstream.pipeline.records import SampledEvent
+from evalstream.pipeline.sampling import SamplingConfig, decide
+from evalstream.pipeline.summarise import summaries_from
 from evalstream.v1 import events_pb2, judge_pb2, verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.dimensions import EmbeddingStat
 
 from .pipeline_helpers import NOW
 
@@ -267,10 +267,10 @@ def test_real_encoder_probe_on_xstest_over_grpc(encoder_artefact: Path, shared_d
     of its sample, and no label moves. Then tier 1 stops: the probe fails, the decisions stand."""
     from prometheus_client import CollectorRegistry
 
-    from evalstream.pipelines.judge_client import JudgeClient, RetryPolicy
-    from evalstream.services.judges.encoder import EncoderJudge
-    from evalstream.services.judges.server import create_server
-    from evalstream.services.judges.settings import JudgeServerSettings
+    from evalstream.judges.encoder import EncoderJudge
+    from evalstream.judges.server import create_server
+    from evalstream.judges.settings import JudgeServerSettings
+    from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
 
     records = [r for r in read_xstest(shared_data) if r.model == "mistralinstruct"][:150]
     items = [

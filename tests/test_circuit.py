@@ -15,16 +15,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from evalstream.circuit import BreakerPolicy, CircuitBreaker, CircuitState
-from evalstream.pipelines.cascade import SharedBreakers
-from evalstream.pipelines.judge_client import JudgeClient, JudgeRejected, JudgeUnavailable, RetryPolicy
-from evalstream.procs import free_port, wait_until
-from evalstream.services.judges.base import JudgeInput
-from evalstream.services.judges.llm import LLMJudge, LLMJudgeSettings
-from evalstream.services.judges.llm import RetryPolicy as LLMRetryPolicy
-from evalstream.services.judges.registry import create_judge
-from evalstream.services.judges.server import JudgeServer, create_server
-from evalstream.services.judges.settings import JudgeServerSettings
+from evalstream.judges.base import JudgeInput
+from evalstream.judges.llm import LLMJudge, LLMJudgeSettings
+from evalstream.judges.llm import RetryPolicy as LLMRetryPolicy
+from evalstream.judges.registry import create_judge
+from evalstream.judges.server import JudgeServer, create_server
+from evalstream.judges.settings import JudgeServerSettings
+from evalstream.pipeline.cascade import SharedBreakers
+from evalstream.pipeline.judge_client import JudgeClient, JudgeRejected, JudgeUnavailable, RetryPolicy
+from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker, CircuitState
+from evalstream.runtime.procs import free_port, wait_until
 from evalstream.v1 import events_pb2, judge_pb2
 
 
@@ -326,8 +326,8 @@ def test_a_tier_with_its_own_deadline_gets_it_and_longer_attempts() -> None:
 
 
 def test_tier_deadlines_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evalstream.pipelines.run import _arg_parser, _tier_seconds
-    from evalstream.pipelines.settings import PipelineSettings
+    from evalstream.pipeline.run import _arg_parser, _tier_seconds
+    from evalstream.pipeline.settings import PipelineSettings
 
     assert PipelineSettings().judge_tier_deadlines_s == {2: 120.0}
     monkeypatch.setenv("EVALSTREAM_PIPELINE_JUDGE_TIER_DEADLINES_S", '{"1": 30, "2": 300}')

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import yaml
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.procs import wait_until
-from evalstream.prometheus import PrometheusError, PrometheusServer, rule_files
-from evalstream.replay import ReplayOptions, run_replay
-from evalstream.services.exporter.core import SPECS
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess
+from evalstream.exporter.core import SPECS
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.prometheus import PrometheusError, PrometheusServer, rule_files
+from evalstream.local.supervisor import ChildProcess
+from evalstream.runtime.procs import wait_until
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import ReplayOptions, run_replay
 
 from .exported import exported_names
 from .observed_stack import start_observed_stack

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.datasets import (
+from evalstream.evaluation.datasets import (
     XSTEST_DIR,
     XSTEST_MODELS,
     DataFormatError,
@@ -15,7 +15,7 @@ from evalstream.datasets import (
     read_xstest,
     read_xstest_prompts,
 )
-from evalstream.dimensions import RefusalLabel
+from evalstream.wire.dimensions import RefusalLabel
 
 C, R, P = RefusalLabel.FULL_COMPLIANCE, RefusalLabel.FULL_REFUSAL, RefusalLabel.PARTIAL_REFUSAL
 

@@ -12,9 +12,8 @@ from datasketches import kll_floats_sketch
 from prometheus_client import CollectorRegistry, generate_latest
 from scipy.stats import chi2, chi2_contingency
 
-from evalstream.dimensions import EmbeddingStat
-from evalstream.services.exporter.core import SPECS, ExporterCore
-from evalstream.services.exporter.drift import (
+from evalstream.exporter.core import SPECS, ExporterCore
+from evalstream.exporter.drift import (
     PSI_FLOOR,
     DriftConfig,
     DriftTracker,
@@ -25,8 +24,9 @@ from evalstream.services.exporter.drift import (
     psi,
     sketch_sample_size,
 )
-from evalstream.services.exporter.totals import Totals
+from evalstream.exporter.totals import Totals
 from evalstream.v1 import summary_pb2
+from evalstream.wire.dimensions import EmbeddingStat
 
 K = 200
 EPS_PMF = kll_floats_sketch.get_normalized_rank_error(K, True)  # 99% bound, double-sided (PMF)
@@ -449,9 +449,9 @@ def test_embedding_statistics_are_one_feature_named_in_dimension_and_unknown_nam
 def xstest_embedding_stats(encoder_artefact, shared_data):
     """Every XSTest completion of two models, through the real trained encoder judge: the response
     statistics per model, in prompt order."""
-    from evalstream.datasets import read_xstest
-    from evalstream.services.judges.base import JudgeInput
-    from evalstream.services.judges.encoder import EncoderJudge
+    from evalstream.evaluation.datasets import read_xstest
+    from evalstream.judges.base import JudgeInput
+    from evalstream.judges.encoder import EncoderJudge
 
     judge = EncoderJudge.load(encoder_artefact)
     out = {}
@@ -486,7 +486,7 @@ def test_embedding_drift_on_real_xstest_completions_mistral_to_llama2(xstest_emb
     exporter core: Mistral-Instruct's answers as the reference, then Llama-2 (original system prompt)
     answering the other half of the prompts, against Mistral (and Llama-2) answering them. Same sizes
     (225 a window), disjoint prompts in both cases: only the model differs."""
-    from evalstream.pipelines.summarise import summaries_from
+    from evalstream.pipeline.summarise import summaries_from
 
     mistral, llama = xstest_embedding_stats["mistralinstruct"], xstest_embedding_stats["llama2orig"]
     cases = {  # key (the model label) -> (reference, current)

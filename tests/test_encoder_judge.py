@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstream.dimensions import LABELS, Dimension, EmbeddingStat, Tier
-from evalstream.services.judges.base import JudgeInput
-from evalstream.services.judges.encoder import (
+from evalstream.judges.base import JudgeInput
+from evalstream.judges.encoder import (
     ENCODER_MODEL_DIR_ENV,
     METADATA_FILE,
     PROFILE_FILE,
@@ -36,7 +35,7 @@ from evalstream.services.judges.encoder import (
     load_artefact,
     resolve_model_dir,
 )
-from evalstream.services.judges.encoder_train import (
+from evalstream.judges.encoder_train import (
     RECIPES,
     Examples,
     last_user_turn,
@@ -46,7 +45,8 @@ from evalstream.services.judges.encoder_train import (
     refusal_examples,
     train,
 )
-from evalstream.services.judges.rules_fit import expected_calibration_error, is_held_out
+from evalstream.judges.rules_fit import expected_calibration_error, is_held_out
+from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 
 THREADS = 1
 
@@ -291,8 +291,8 @@ def test_altered_artefact_is_refused(trained: tuple[Path, ArtefactMetadata], tmp
 def test_registry_builds_it_from_the_environment(
     trained: tuple[Path, ArtefactMetadata], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from evalstream.services.judges.registry import create_judge
-    from evalstream.services.judges.settings import JudgeServerSettings
+    from evalstream.judges.registry import create_judge
+    from evalstream.judges.settings import JudgeServerSettings
 
     monkeypatch.setenv(ENCODER_MODEL_DIR_ENV, str(trained[0]))
     built = create_judge("encoder", JudgeServerSettings(name="encoder"))

@@ -8,11 +8,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, generate_latest
 
-from evalstream.services.exporter.core import ExporterCore, Outcome, Stream
-from evalstream.services.exporter.labels import LabelBudget, LabelName
-from evalstream.services.exporter.settings import ExporterSettings
-from evalstream.services.exporter.state import SavedState, StateError, StateFile, resume_plan
-from evalstream.services.exporter.totals import Totals
+from evalstream.exporter.core import ExporterCore, Outcome, Stream
+from evalstream.exporter.labels import LabelBudget, LabelName
+from evalstream.exporter.settings import ExporterSettings
+from evalstream.exporter.state import SavedState, StateError, StateFile, resume_plan
+from evalstream.exporter.totals import Totals
 from evalstream.v1 import summary_pb2, verdict_pb2
 
 M = {"model": "m1", "model_version": "v1", "route": "chat"}

@@ -24,13 +24,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from evalstream.dimensions import RefusalLabel, quality_label
-from evalstream.kafka_admin import ensure_topics
-from evalstream.procs import wait_until
-from evalstream.prometheus import PrometheusServer
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.prometheus import PrometheusServer
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import wait_until
+from evalstream.runtime.settings import KafkaSettings
 from evalstream.v1 import summary_pb2, verdict_pb2
+from evalstream.wire.dimensions import RefusalLabel, quality_label
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -224,7 +224,7 @@ def exporter(
         "--pipeline-group": "",
         **extra,
     }
-    cmd = python_module("evalstream.services.exporter", *(x for kv in args.items() for x in kv))
+    cmd = python_module("evalstream.exporter", *(x for kv in args.items() for x in kv))
     return ChildProcess(name=name, cmd=cmd, log_file=tmp_path / f"{name}.log", ready=READY)
 
 

@@ -32,13 +32,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.datasets import XSTestRecord, read_xstest
-from evalstream.procs import free_port, wait_until
-from evalstream.replay import RateLimiter, build_event
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import free_port, wait_until
+from evalstream.tools.replay import RateLimiter, build_event
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, summary_pb2, verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 from .kafka_helpers import TopicReader
 from .test_pipeline_run import Topics
@@ -122,7 +122,7 @@ class Server:
 def judge_server(name: str, log_dir: Path, env: dict[str, str] | None = None, *args: str) -> Server:
     return Server(
         name=f"judge-{name}",
-        module="evalstream.services.judges.server",
+        module="evalstream.judges.server",
         args=["--judge", name, *args],
         ready=JUDGE_READY,
         log_dir=log_dir,
@@ -133,7 +133,7 @@ def judge_server(name: str, log_dir: Path, env: dict[str, str] | None = None, *a
 def replay_server(log_dir: Path, name: str = "llm-replay") -> Server:
     return Server(
         name=name,
-        module="evalstream.services.llm_replay",
+        module="evalstream.llm_replay",
         args=["--datasets", "xstest", "--hang-s", "30"],
         ready=REPLAY_READY,
         log_dir=log_dir,
@@ -285,7 +285,7 @@ def pipeline(
     ]  # fmt: skip
     return ChildProcess(
         name=name,
-        cmd=python_module("evalstream.pipelines", *flags),
+        cmd=python_module("evalstream.pipeline", *flags),
         log_file=log_dir / f"{name}.log",
         ready=r"pipeline consuming",
     )

@@ -27,11 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evalstream import topics
-from evalstream.contract import FeedbackIn, LLMEventIn, MessageIn, TokenCountsIn, from_proto, to_proto
-from evalstream.pipelines.decode import DecodeLimits, decode_record
-from evalstream.pipelines.records import MAX_DEAD_LETTER_RAW, DeadReason, KafkaRecord
+from evalstream.pipeline.decode import DecodeLimits, decode_record
+from evalstream.pipeline.records import MAX_DEAD_LETTER_RAW, DeadReason, KafkaRecord
 from evalstream.v1 import events_pb2, verdict_pb2
+from evalstream.wire import topics
+from evalstream.wire.contract import FeedbackIn, LLMEventIn, MessageIn, TokenCountsIn, from_proto, to_proto
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 #: Above the dead letters' raw cap, so both truncation and ``oversized`` are reachable.

@@ -31,14 +31,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from evalstream import topics
-from evalstream.broker import EmbeddedBroker
-from evalstream.datasets import XSTestRecord, read_xstest
-from evalstream.dimensions import LABELS, Dimension
-from evalstream.replay import EventKind, OutgoingRecord, build_event
-from evalstream.services.judges.rules import Family, Follow, refusal_outcome
-from evalstream.supervisor import ChildProcess
+from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.judges.rules import Family, Follow, refusal_outcome
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess
+from evalstream.tools.replay import EventKind, OutgoingRecord, build_event
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, verdict_pb2
+from evalstream.wire import topics
+from evalstream.wire.dimensions import LABELS, Dimension
 
 from .kafka_helpers import TopicReader
 from .pipeline_helpers import event_json

@@ -20,12 +20,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from evalstream.procs import free_port, wait_until
-from evalstream.services.judges.base import ItemOutcome, JudgeInput, JudgeOutput
-from evalstream.services.judges.registry import UnknownJudgeError, create_judge
-from evalstream.services.judges.rules import RulesJudge
-from evalstream.services.judges.server import READY_LINE, JudgeServer, create_server
-from evalstream.services.judges.settings import JudgeServerSettings
+from evalstream.judges.base import ItemOutcome, JudgeInput, JudgeOutput
+from evalstream.judges.registry import UnknownJudgeError, create_judge
+from evalstream.judges.rules import RulesJudge
+from evalstream.judges.server import READY_LINE, JudgeServer, create_server
+from evalstream.judges.settings import JudgeServerSettings
+from evalstream.runtime.procs import free_port, wait_until
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +294,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
     registry = CollectorRegistry()
     server, port = create_server(JudgeServerSettings(port=0), RulesJudge.load(), registry)
     try:
-        from evalstream.services.judges.server import ServerStartError
+        from evalstream.judges.server import ServerStartError
 
         with pytest.raises(ServerStartError, match="--port 0 picks a free one"):
             create_server(JudgeServerSettings(port=port), RulesJudge.load(), CollectorRegistry())
@@ -355,7 +355,7 @@ def spawn(tmp_path: Path) -> Iterator:
         stderr = tmp_path / f"server-{len(started)}.log"
         with stderr.open("w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "evalstream.services.judges.server", *args],
+                [sys.executable, "-m", "evalstream.judges.server", *args],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=err,

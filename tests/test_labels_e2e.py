@@ -19,11 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.datasets import read_xstest
-from evalstream.kafka_admin import ensure_topics
-from evalstream.procs import wait_until
-from evalstream.replay import (
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.evaluation.statistics import kappa_with_ci
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import wait_until
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import (
     Encoding,
     KafkaSink,
     RateLimiter,
@@ -33,9 +36,6 @@ from evalstream.replay import (
     publish,
     run_replay,
 )
-from evalstream.report import kappa_with_ci
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
 from evalstream.v1 import verdict_pb2
 
 from .kafka_helpers import TopicReader
@@ -79,7 +79,7 @@ def exporter(
     # fmt: on
     return ChildProcess(
         name=name,
-        cmd=python_module("evalstream.services.exporter", *flags),
+        cmd=python_module("evalstream.exporter", *flags),
         log_file=log_dir / f"{name}.log",
         ready=EXPORTER_READY,
     )
@@ -87,7 +87,7 @@ def exporter(
 
 def label_cli(name: str, log_dir: Path, *args: str) -> ChildProcess:
     return ChildProcess(
-        name=name, cmd=python_module("evalstream.cli", "label", *args), log_file=log_dir / f"{name}.log"
+        name=name, cmd=python_module("evalstream.cli.app", "label", *args), log_file=log_dir / f"{name}.log"
     )
 
 

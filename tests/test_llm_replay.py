@@ -18,18 +18,19 @@ from typing import Any
 import httpx
 import pytest
 
-from evalstream.datasets import read_xstest
-from evalstream.dimensions import Dimension
-from evalstream.procs import wait_until
-from evalstream.services.llm_replay import FAULT_HEADER, ReplayProcess, start_replay_server
-from evalstream.services.llm_replay.faults import FaultKind, FaultPlan, FaultRule, parse_faults
-from evalstream.services.llm_replay.keys import extract_blocks, item_key, normalise
-from evalstream.services.llm_replay.recordings import (
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.llm_replay import FAULT_HEADER
+from evalstream.llm_replay.faults import FaultKind, FaultPlan, FaultRule, parse_faults
+from evalstream.llm_replay.keys import extract_blocks, item_key, normalise
+from evalstream.llm_replay.recordings import (
     PROMETHEUS_TO_TEN,
     ReplayStore,
     split_prometheus_instruction,
 )
-from evalstream.services.llm_replay.replies import SCHEMA_BREAKING_CONTENT, Fallback, complete
+from evalstream.llm_replay.replies import SCHEMA_BREAKING_CONTENT, Fallback, complete
+from evalstream.local.llm_replay import ReplayProcess, start_replay_server
+from evalstream.runtime.procs import wait_until
+from evalstream.wire.dimensions import Dimension
 
 NONCE = "0123456789abcdef"
 XSTEST_CODES = {

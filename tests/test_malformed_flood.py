@@ -31,11 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from evalstream import topics
-from evalstream.broker import EmbeddedBroker
-from evalstream.contract import to_proto
-from evalstream.datasets import XSTestRecord, read_xstest
-from evalstream.replay import (
+from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess
+from evalstream.tools.replay import (
     DEAD_LETTER_REASON,
     MALFORMED_KINDS,
     Encoding,
@@ -46,8 +45,9 @@ from evalstream.replay import (
     duplicate,
     encode_slot,
 )
-from evalstream.supervisor import ChildProcess
 from evalstream.v1 import summary_pb2, verdict_pb2
+from evalstream.wire import topics
+from evalstream.wire.contract import to_proto
 
 from .kafka_helpers import TopicReader
 from .real_parts import Topics, judge_server, pipeline, produce, rss_kib, start

@@ -16,12 +16,12 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.kafka_admin import ensure_topics
-from evalstream.procs import free_port, wait_until
-from evalstream.replay import ReplayOptions, run_replay
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess, python_module
+from evalstream.kafka.admin import ensure_topics
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.runtime.procs import free_port, wait_until
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import ReplayOptions, run_replay
 from evalstream.v1 import summary_pb2, verdict_pb2
 
 from .kafka_helpers import TopicReader
@@ -37,7 +37,7 @@ JUDGE_READY = r"evalstream-judge listening on (\S+)"
 def judge_tier0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     child = ChildProcess(
         name="judge-tier0",
-        cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", "0"),
+        cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", "0"),
         log_file=tmp_path_factory.mktemp("judge") / "judge.log",
         ready=JUDGE_READY,
     )
@@ -75,7 +75,7 @@ def pipeline_process(
     return ChildProcess(
         name="pipeline",
         cmd=python_module(
-            "evalstream.pipelines",
+            "evalstream.pipeline",
             "--bootstrap",
             broker.bootstrap,
             "--judges",
@@ -236,7 +236,7 @@ def start_rules_judge(port: int, log_dir: Path, children: list[ChildProcess]) ->
     """A tier-0 judge server on ``port``, started (for a judge that was down and comes back)."""
     judge = ChildProcess(
         name="judge-late",
-        cmd=python_module("evalstream.services.judges.server", "--judge", "rules", "--port", str(port)),
+        cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", str(port)),
         log_file=log_dir / "judge.log",
         ready=JUDGE_READY,
     )

@@ -13,17 +13,17 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from datasketches import kll_floats_sketch
 
-from evalstream import topics
-from evalstream.cascade_config import CascadeConfig, DimensionCascade, TierRule
-from evalstream.contract import LLMEventIn, to_proto
-from evalstream.pipelines.cascade import judge_batch
-from evalstream.pipelines.decode import Decode, DecodeLimits, decode_record
-from evalstream.pipelines.dedupe import Dedupe, SeenIds, SharedSeenIds
-from evalstream.pipelines.judge_client import JudgeRejected, JudgeUnavailable
-from evalstream.pipelines.records import Decoded, SampledEvent
-from evalstream.pipelines.sampling import Sample, SamplingConfig, decide, unit_hash
-from evalstream.pipelines.summarise import Summarise, _Acc, summaries_from
+from evalstream.pipeline.cascade import judge_batch
+from evalstream.pipeline.decode import Decode, DecodeLimits, decode_record
+from evalstream.pipeline.dedupe import Dedupe, SeenIds, SharedSeenIds
+from evalstream.pipeline.judge_client import JudgeRejected, JudgeUnavailable
+from evalstream.pipeline.records import Decoded, SampledEvent
+from evalstream.pipeline.sampling import Sample, SamplingConfig, decide, unit_hash
+from evalstream.pipeline.summarise import Summarise, _Acc, summaries_from
 from evalstream.v1 import events_pb2, judge_pb2, summary_pb2, verdict_pb2
+from evalstream.wire import topics
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.contract import LLMEventIn, to_proto
 
 from .pipeline_helpers import NOW, event_json, record
 

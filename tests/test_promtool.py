@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstream.prometheus import DEFAULT_TARGETS, PROMETHEUS_DIR, render_config, rule_files
+from evalstream.local.prometheus import DEFAULT_TARGETS, PROMETHEUS_DIR, render_config, rule_files
 
 from .exported import exported_names
 
@@ -34,7 +34,8 @@ def _run(*cmd: str | Path) -> str:
 def test_committed_config_is_the_generated_one_and_valid(promtool):
     committed = PROMETHEUS_DIR / "prometheus.yml"
     assert committed.read_text() == render_config(DEFAULT_TARGETS), (
-        "deploy/prometheus/prometheus.yml differs from evalstream.prometheus.render_config(DEFAULT_TARGETS); "
+        "deploy/prometheus/prometheus.yml differs from "
+        "evalstream.local.prometheus.render_config(DEFAULT_TARGETS); "
         "regenerate it"
     )
     out = _run(promtool, "check", "config", committed)

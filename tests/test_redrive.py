@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from evalstream.broker import EmbeddedBroker
-from evalstream.cli import app
-from evalstream.procs import free_port
-from evalstream.redrive import GROUP_ID, redrive
-from evalstream.settings import KafkaSettings
-from evalstream.supervisor import ChildProcess
+from evalstream.cli.app import app
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess
+from evalstream.runtime.procs import free_port
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.redrive import GROUP_ID, redrive
 from evalstream.v1 import verdict_pb2
 
 from .kafka_helpers import TopicReader

@@ -17,12 +17,11 @@ from kafka.admin import NewTopic
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from evalstream import topics
-from evalstream.broker import EmbeddedBroker
-from evalstream.cli import app
-from evalstream.contract import LLMEventIn, from_proto
-from evalstream.datasets import XSTestRecord, read_xstest
-from evalstream.replay import (
+from evalstream.cli.app import app
+from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.replay import (
     FAR,
     MALFORMED_KINDS,
     MAX_RECORD_BYTES,
@@ -44,8 +43,9 @@ from evalstream.replay import (
     publish,
     run_replay,
 )
-from evalstream.settings import KafkaSettings
 from evalstream.v1 import events_pb2
+from evalstream.wire import topics
+from evalstream.wire.contract import LLMEventIn, from_proto
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PIPELINE_MAX_EVENT_BYTES = 1024 * 1024  # the pipeline's default limit, which oversized events must pass

@@ -12,18 +12,13 @@ import pytest
 from scipy.stats import t as student_t
 from typer.testing import CliRunner
 
-from evalstream.calibration import TierSpec
-from evalstream.cli import app
-from evalstream.dimensions import Dimension
-from evalstream.judgements import HumanLabel, Judgement, LabelledSet, Split
-from evalstream.recorded_judgements import build
-from evalstream.report import (
-    CascadeSpec,
-    alternative_annotator_test,
-    build_report,
-    kappa_with_ci,
-    position_bias,
-)
+from evalstream.cli.app import app
+from evalstream.evaluation.calibration import TierSpec
+from evalstream.evaluation.judgements import HumanLabel, Judgement, LabelledSet, Split
+from evalstream.evaluation.recorded_judgements import build
+from evalstream.evaluation.report import CascadeSpec, build_report
+from evalstream.evaluation.statistics import alternative_annotator_test, kappa_with_ci, position_bias
+from evalstream.wire.dimensions import Dimension
 
 PAIR = Dimension.PAIRWISE
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from evalstream.datasets import read_xstest
-from evalstream.dimensions import Dimension, FormatLabel, RefusalLabel, Tier
-from evalstream.services.judges.base import JudgeInput
-from evalstream.services.judges.rules import (
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.judges.base import JudgeInput
+from evalstream.judges.rules import (
     DEFAULT_CALIBRATION,
     Calibration,
     CalibrationError,
@@ -22,13 +21,14 @@ from evalstream.services.judges.rules import (
     format_finding,
     refusal_outcome,
 )
-from evalstream.services.judges.rules_fit import (
+from evalstream.judges.rules_fit import (
     agreement,
     dump,
     expected_calibration_error,
     fit,
     is_held_out,
 )
+from evalstream.wire.dimensions import Dimension, FormatLabel, RefusalLabel, Tier
 
 # Measured on the held-out prompts (615 completions of 123 prompts) when the rules were written:
 # 3-class 0.855, binary 0.915, ECE 0.034; the recorded string-match baseline: binary 0.886.
@@ -243,7 +243,7 @@ def test_calibration_table_is_current(xstest) -> None:
     """The committed table is exactly what the fitting command writes from the data and these rules."""
     table = fit([i for i in xstest if not is_held_out(i.prompt_id)])
     assert dump(table) == DEFAULT_CALIBRATION.read_text(encoding="utf-8"), (
-        "rules_calibration.json is stale: run `python -m evalstream.services.judges.rules_fit`"
+        "rules_calibration.json is stale: run `python -m evalstream.judges.rules_fit`"
     )
 
 

@@ -37,14 +37,14 @@ import grpc
 import httpx
 import pytest
 
-from evalstream import topics
-from evalstream.broker import EmbeddedBroker
-from evalstream.datasets import read_xstest
-from evalstream.replay import EventKind, OutgoingRecord, build_event
-from evalstream.services.judges.base import JudgeInput
-from evalstream.services.judges.llm import LLMJudge, LLMJudgeSettings
-from evalstream.supervisor import ChildProcess
+from evalstream.evaluation.datasets import read_xstest
+from evalstream.judges.base import JudgeInput
+from evalstream.judges.llm import LLMJudge, LLMJudgeSettings
+from evalstream.local.broker import EmbeddedBroker
+from evalstream.local.supervisor import ChildProcess
+from evalstream.tools.replay import EventKind, OutgoingRecord, build_event
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, verdict_pb2
+from evalstream.wire import topics
 
 from .kafka_helpers import TopicReader
 from .real_parts import Topics, judge_server, pipeline, produce, replay_llm, start

@@ -1,0 +1,540 @@
+"""JudgeCascade: batched calls to judge tiers, escalation by calibrated thresholds, dead letters.
+
+For each dimension in the cascade config, tiers are tried in order. A tier's judgement is accepted
+when its confidence is at least that tier's threshold; otherwise the item escalates to the next
+tier listed for the dimension. When the last tier is not confident either, its label is kept with
+``needs_audit`` set, and the verdict is also sent to the audit output for humans.
+
+Failures (documented rule): when a tier cannot answer for an item (the server is unavailable past
+the deadline, rejects the request, or returns a per-item error) and a later tier is listed for the
+dimension, the item escalates to it; when it was the last tier, the whole event becomes a dead
+letter (stage ``judge``) with the reason. An event yields a verdict only when every dimension was
+decided, so each sampled event ends as exactly one verdict or one dead letter.
+
+A tier whose circuit breaker is open (``pipelines/evalstream/pipeline/judge_client.py``) fails at once with
+``JudgeUnavailable``, so the same rule applies without waiting out the deadline. The breakers
+outlive each micro-batch's pipeline: the runner lends them to the DoFn through ``SharedBreakers``
+(Beam's ``Shared``, as ``Dedupe`` borrows its window of seen ids).
+
+Response statistics (``ItemResult.stats``, e.g. tier 1's embedding statistics) that a tier returns
+for an item it answered are kept on the event's verdict (``Verdict.response_stats``; when two tiers
+return the same statistic, the later tier's value is kept).
+
+**Embedding probe** (``EmbeddingProbe``). Tier 1 sees only what tier 0 escalated, a biased subset, so
+its statistics alone would describe the escalated responses, not the traffic. The probe's sample is a
+deterministic ``fraction`` of the sampled events (a salted hash of the event id, independent of the
+sampler's hash): every event of the sample that gets a verdict carries ``Verdict.embedding_probe``,
+and those of them whose verdict did not involve the probe's tier are sent to it in one extra request
+per batch, for the statistics only (asking for the dimensions the cascade routes to that tier, or all
+of them when it routes none). So the sample is a uniform sample of judged events, which is what the
+summaries build their statistics sketches from (``summarise.py``). The probe never changes a label or
+a dimension's ``tiers_tried``; its requests count in ``CascadeOutcome.calls`` and, per item, in the
+event-level summary's ``calls_by_tier``. A probe that fails (the tier is unavailable, its circuit is
+open, it rejects the request or returns no statistics for an item) never dead-letters an event nor
+changes its verdict: the verdict's ``embedding_probe.error`` says why there are no statistics, a
+warning is logged per batch, and the summaries count it (``embedding_probe_failures``). The probe is
+off when its fraction is 0 or its tier has no endpoint. With no circuit breaker, a probe to a tier
+that is down waits out the judge deadline once per batch.
+
+The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils import shared
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+from opentelemetry import trace
+
+from evalstream.pipeline.judge_client import (
+    JudgeClient,
+    JudgeError,
+    JudgeRejected,
+    RetryPolicy,
+)
+from evalstream.pipeline.records import DeadReason, SampledEvent, Stage, dead_letter, timestamp
+from evalstream.pipeline.sampling import unit_hash
+from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
+from evalstream.v1 import judge_pb2, verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig
+from evalstream.wire.dimensions import Tier
+
+__all__ = [
+    "AUDIT",
+    "DEAD",
+    "DEFAULT_PROBE_FRACTION",
+    "CascadeOutcome",
+    "EmbeddingProbe",
+    "JudgeCascade",
+    "SharedBreakers",
+    "TierBreakers",
+    "judge_batch",
+]
+
+DEAD = "dead"
+AUDIT = "audit"
+#: Share of sampled events in the embedding probe's sample (see the module docstring).
+DEFAULT_PROBE_FRACTION = 0.1
+#: Salts the probe's hash of the event id, so its sample is independent of the sampler's.
+PROBE_SALT = "embedding-probe-v1:"
+
+log = logging.getLogger("evalstream.pipeline.cascade")
+
+Call = Callable[[int, judge_pb2.JudgeRequest], judge_pb2.JudgeResponse]
+
+_tracer = trace.get_tracer("evalstream.pipeline.cascade")
+
+
+@dataclass(slots=True)
+class _DimState:
+    tiers: list[tuple[int, float]]  # (tier, threshold) in order
+    tried: list[int] = field(default_factory=list)
+    cost: verdict_pb2.Cost = field(default_factory=verdict_pb2.Cost)
+    decided: verdict_pb2.DimensionVerdict | None = None
+    failure: tuple[DeadReason, str] | None = None
+
+    def next_tier(self) -> int | None:
+        if self.decided is not None or self.failure is not None:
+            return None
+        done = len(self.tried)
+        return self.tiers[done][0] if done < len(self.tiers) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingProbe:
+    """Which events are in the embedding probe's sample, and the tier whose statistics it wants."""
+
+    fraction: float = DEFAULT_PROBE_FRACTION
+    tier: int = int(Tier.ENCODER)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"embedding probe fraction must be in [0, 1], got {self.fraction}")
+
+    def in_sample(self, event_id: str) -> bool:
+        return self.fraction > 0 and unit_hash(PROBE_SALT + event_id) < self.fraction
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeOutcome:
+    verdicts: list[verdict_pb2.Verdict]
+    dead: list[verdict_pb2.DeadLetter]
+    audits: list[verdict_pb2.Verdict]
+    calls: dict[int, int]  # judge calls (requests) per tier
+
+
+def _add_cost(total: verdict_pb2.Cost, part: verdict_pb2.Cost) -> None:
+    total.input_tokens += part.input_tokens
+    total.output_tokens += part.output_tokens
+    total.latency_ms += part.latency_ms
+    total.usd += part.usd
+
+
+def _failure(exc: JudgeError) -> tuple[DeadReason, str]:
+    reason = DeadReason.JUDGE_REJECTED if isinstance(exc, JudgeRejected) else DeadReason.JUDGE_UNAVAILABLE
+    return reason, str(exc)
+
+
+def judge_batch(
+    items: Sequence[SampledEvent],
+    *,
+    cascade: CascadeConfig,
+    call: Call,
+    now: datetime,
+    probe: EmbeddingProbe | None = None,
+) -> CascadeOutcome:
+    """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure.
+
+    ``probe``: the embedding probe (None: off)."""
+    stats: list[dict[str, float]] = [{} for _ in items]
+    states = [
+        {
+            dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers])
+            for dim, spec in cascade.dimensions.items()
+        }
+        for _ in items
+    ]
+    calls: dict[int, int] = {}
+    for tier in cascade.tiers:
+        wanted = [
+            (i, sorted(d for d, st in dims.items() if st.next_tier() == tier))
+            for i, dims in enumerate(states)
+        ]
+        wanted = [(i, ds) for i, ds in wanted if ds]
+        if not wanted:
+            continue
+        dimensions = sorted({d for _, ds in wanted for d in ds})
+        request = judge_pb2.JudgeRequest(
+            items=[
+                judge_pb2.JudgeItem(item_id=items[i].event.event_id, event=items[i].event) for i, _ in wanted
+            ],
+            dimensions=dimensions,
+        )
+        calls[tier] = calls.get(tier, 0) + 1
+        with _tracer.start_as_current_span("evalstream.judge") as span:
+            span.set_attribute("evalstream.judge.tier", tier)
+            span.set_attribute("evalstream.event_ids", [items[i].event.event_id for i, _ in wanted])
+            try:
+                response = call(tier, request)
+                failure: tuple[DeadReason, str] | None = None
+            except JudgeError as exc:
+                failure = _failure(exc)
+                span.record_exception(exc)
+        if failure is None and len(response.results) != len(wanted):
+            failure = (
+                DeadReason.JUDGE_ITEM_ERROR,
+                f"judge tier {tier} answered {len(response.results)} results for {len(wanted)} items",
+            )
+        for pos, (i, ds) in enumerate(wanted):
+            result = None if failure else response.results[pos]
+            by_dim = {j.dimension: j for j in result.judgements} if result else {}
+            if result is not None and not result.error:
+                stats[i].update(result.stats)
+            for dim in ds:
+                st = states[i][dim]
+                st.tried.append(tier)
+                last = len(st.tried) == len(st.tiers)
+                problem = failure
+                if problem is None and result is not None and result.error:
+                    problem = (
+                        DeadReason.JUDGE_ITEM_ERROR,
+                        f"tier {tier}: {result.error_type}: {result.error}",
+                    )
+                judgement = by_dim.get(dim)
+                if problem is None and judgement is None:
+                    problem = (DeadReason.JUDGE_ITEM_ERROR, f"tier {tier} returned no {dim!r} judgement")
+                if problem is not None or judgement is None:
+                    if last:
+                        st.failure = problem
+                    continue
+                _add_cost(st.cost, judgement.cost)
+                threshold = st.tiers[len(st.tried) - 1][1]
+                if judgement.confidence >= threshold or last:
+                    st.decided = verdict_pb2.DimensionVerdict(
+                        dimension=dim,
+                        label=judgement.label,
+                        score=judgement.score,
+                        confidence=judgement.confidence,
+                        deciding_tier=tier,
+                        tiers_tried=list(st.tried),
+                        cost=st.cost,
+                        judge=judgement.judge,
+                        needs_audit=judgement.confidence < threshold,
+                    )
+
+    probed = (
+        _probe(items, states, stats, cascade=cascade, probe=probe, call=call, calls=calls)
+        if probe is not None and probe.fraction > 0
+        else {}
+    )
+    verdicts: list[verdict_pb2.Verdict] = []
+    dead: list[verdict_pb2.DeadLetter] = []
+    audits: list[verdict_pb2.Verdict] = []
+    version = cascade.version
+    for index, (item, dims) in enumerate(zip(items, states, strict=True)):
+        event = item.event
+        failed = [(d, st.failure) for d, st in sorted(dims.items()) if st.failure is not None]
+        if failed:
+            reasons = {f[0] for _, f in failed if f}
+            reason = DeadReason.JUDGE_UNAVAILABLE if DeadReason.JUDGE_UNAVAILABLE in reasons else min(reasons)
+            dead.append(
+                dead_letter(
+                    raw=event.SerializeToString(),
+                    stage=Stage.JUDGE,
+                    reason=reason,
+                    message="; ".join(f"{d}: {f[1]}" for d, f in failed if f),
+                    source=None,
+                    failed_at=now,
+                    event_id=event.event_id,
+                    model=event.model,
+                )
+            )
+            continue
+        verdict = verdict_pb2.Verdict(
+            event_id=event.event_id,
+            event_time=event.event_time,
+            model=event.model,
+            model_version=event.model_version,
+            route=event.route,
+            dimensions=[st.decided for _, st in sorted(dims.items()) if st.decided is not None],
+            sample_rate=item.sample_rate,
+            forced=item.forced,
+            judged_at=timestamp(now),
+            cascade_version=version,
+            response_chars=len(event.response),
+            response_stats=stats[index],
+        )
+        if index in probed:
+            verdict.embedding_probe.CopyFrom(probed[index])
+        verdicts.append(verdict)
+        if any(d.needs_audit for d in verdict.dimensions):
+            audits.append(verdict)
+    return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
+
+
+def _probe(
+    items: Sequence[SampledEvent],
+    states: Sequence[dict[str, _DimState]],
+    stats: list[dict[str, float]],
+    *,
+    cascade: CascadeConfig,
+    probe: EmbeddingProbe,
+    call: Call,
+    calls: dict[int, int],
+) -> dict[int, verdict_pb2.EmbeddingProbe]:
+    """The embedding probe for the events of the batch that will get a verdict: marks those in its
+    sample, calls its tier for those the cascade did not send there, and adds their statistics."""
+    tier = probe.tier
+    marks: dict[int, verdict_pb2.EmbeddingProbe] = {}
+    to_call: list[int] = []
+    for i, (item, dims) in enumerate(zip(items, states, strict=True)):
+        if any(st.failure is not None for st in dims.values()) or not probe.in_sample(item.event.event_id):
+            continue
+        if any(tier in st.tried for st in dims.values()):
+            missing = "" if stats[i] else f"tier {tier} judged the event but returned no statistics"
+            marks[i] = verdict_pb2.EmbeddingProbe(tier=tier, error=missing)
+        else:
+            to_call.append(i)
+    if to_call:
+        dimensions = sorted(
+            d for d, spec in cascade.dimensions.items() if any(t.tier == tier for t in spec.tiers)
+        )
+        request = judge_pb2.JudgeRequest(
+            items=[
+                judge_pb2.JudgeItem(item_id=items[i].event.event_id, event=items[i].event) for i in to_call
+            ],
+            dimensions=dimensions,
+        )
+        calls[tier] = calls.get(tier, 0) + 1
+        error = ""
+        with _tracer.start_as_current_span("evalstream.embedding_probe") as span:
+            span.set_attribute("evalstream.judge.tier", tier)
+            span.set_attribute("evalstream.event_ids", [items[i].event.event_id for i in to_call])
+            try:
+                response = call(tier, request)
+            except JudgeError as exc:
+                error = f"embedding probe: {exc}"
+                span.record_exception(exc)
+        if not error and len(response.results) != len(to_call):
+            answered = len(response.results)
+            error = f"embedding probe: tier {tier} answered {answered} results for {len(to_call)} items"
+        for pos, i in enumerate(to_call):
+            problem = error
+            if not problem:
+                result = response.results[pos]
+                if result.error:
+                    problem = f"embedding probe: tier {tier}: {result.error_type}: {result.error}"
+                elif not result.stats:
+                    problem = f"embedding probe: tier {tier} returned no statistics"
+                else:
+                    stats[i].update(result.stats)
+            marks[i] = verdict_pb2.EmbeddingProbe(tier=tier, called=True, error=problem)
+    failures = [m.error for m in marks.values() if m.error]
+    if failures:
+        log.warning(
+            "embedding probe: %d of %d sampled events got no statistics from tier %d (verdicts unchanged); "
+            "first reason: %s",
+            len(failures),
+            len(marks),
+            tier,
+            failures[0],
+        )
+    return marks
+
+
+class TierBreakers:
+    """One circuit breaker per judge tier, made on first use."""
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._breakers: dict[int, CircuitBreaker] = {}
+
+    def get(self, tier: int, target: str) -> CircuitBreaker:
+        with self._lock:
+            if tier not in self._breakers:
+                self._breakers[tier] = CircuitBreaker(f"judge tier {tier} at {target}", self.policy)
+            return self._breakers[tier]
+
+    def all(self) -> dict[int, CircuitBreaker]:
+        with self._lock:
+            return dict(self._breakers)
+
+
+class SharedBreakers:
+    """A picklable reference to a process-local ``TierBreakers``, so breaker state survives from one
+    micro-batch pipeline to the next. The creator holds the strong reference. Where the creator is not
+    (a remote worker of a streaming runner), the first DoFn there makes a fresh set with the policy."""
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self._policy = policy
+        self._handle = shared.Shared()
+        self._tag = uuid.uuid4().hex
+        self._anchor: TierBreakers | None = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_policy": self._policy, "_handle": self._handle, "_tag": self._tag, "_anchor": None}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def resolve(self) -> TierBreakers:
+        policy = self._policy
+        found: TierBreakers = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
+        return found
+
+
+class _CascadeFn(beam.DoFn):
+    """Judges batches with up to ``in_flight`` of them waiting on judge servers at once.
+
+    Each batch's cascade runs on a small thread pool; gRPC waits release the GIL, so decoding and
+    summarising the next elements overlaps the judges' work in their own processes. Outputs of
+    finished batches are emitted from ``process`` as they complete, the rest in ``finish_bundle``,
+    each in the window and at the timestamp its batch came with.
+    """
+
+    def __init__(
+        self,
+        endpoints: dict[int, str],
+        cascade: CascadeConfig,
+        policy: RetryPolicy,
+        now: datetime | None,
+        in_flight: int,
+        breakers: SharedBreakers | None = None,
+        probe: EmbeddingProbe | None = None,
+    ) -> None:
+        missing = [t for t in cascade.tiers if t not in endpoints]
+        if missing:
+            raise ValueError(
+                f"cascade {cascade.version!r} uses tiers {missing} with no judge endpoint; "
+                f"configured endpoints: {sorted(endpoints)}"
+            )
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        self._endpoints = endpoints
+        self._cascade = cascade
+        self._policy = policy
+        self._fixed_now = now
+        self._in_flight = in_flight
+        self._breakers = breakers
+        if probe is not None and probe.fraction > 0 and probe.tier not in endpoints:
+            log.info("embedding probe off: no judge endpoint for tier %d", probe.tier)
+            probe = None
+        self._probe = probe if probe is not None and probe.fraction > 0 else None
+        self._clients: dict[int, JudgeClient] = {}
+
+    def setup(self) -> None:
+        self._stop = threading.Event()
+        breakers = self._breakers.resolve() if self._breakers is not None else None
+        self._clients = {
+            tier: JudgeClient(
+                target,
+                tier=tier,
+                policy=self._policy,
+                stop=self._stop,
+                breaker=breakers.get(tier, target) if breakers is not None else None,
+            )
+            for tier, target in self._endpoints.items()
+            if tier in self._cascade.tiers or (self._probe is not None and tier == self._probe.tier)
+        }
+        self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="judge-cascade")
+
+    def teardown(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+
+    def start_bundle(self) -> None:
+        self._pending: deque[tuple[Future[CascadeOutcome], Timestamp, BoundedWindow]] = deque()
+
+    def _judge(self, batch: list[SampledEvent]) -> CascadeOutcome:
+        return judge_batch(
+            batch,
+            cascade=self._cascade,
+            call=lambda tier, request: self._clients[tier].judge(request),
+            now=self._fixed_now or datetime.now(UTC),
+            probe=self._probe,
+        )
+
+    def process(
+        self,
+        batch: list[SampledEvent],
+        timestamp: Any = beam.DoFn.TimestampParam,  # a Timestamp at run time
+        window: Any = beam.DoFn.WindowParam,  # a BoundedWindow at run time
+    ) -> Iterator[object]:
+        self._pending.append((self._pool.submit(self._judge, batch), timestamp, window))
+        while self._pending and (len(self._pending) > self._in_flight or self._pending[0][0].done()):
+            yield from self._emit_oldest()
+
+    def finish_bundle(self) -> Iterator[object]:
+        while self._pending:
+            yield from self._emit_oldest()
+
+    def _emit_oldest(self) -> Iterator[object]:
+        future, ts, win = self._pending.popleft()
+        for tag, value in _outputs(future.result()):
+            windowed = WindowedValue(value, ts, (win,))
+            yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
+
+
+def _outputs(outcome: CascadeOutcome) -> Iterator[tuple[str | None, object]]:
+    """(tag, value) of one judged batch (tag None: main output); a trace event per verdict dimension."""
+    for verdict in outcome.verdicts:
+        with _tracer.start_as_current_span("evalstream.verdict") as span:
+            span.set_attribute("evalstream.event_id", verdict.event_id)
+            for dim in verdict.dimensions:
+                span.add_event(
+                    "gen_ai.evaluation.result",
+                    {
+                        "gen_ai.evaluation.name": dim.dimension,
+                        "gen_ai.evaluation.score.label": dim.label,
+                        "gen_ai.evaluation.score.value": dim.score,
+                        "evalstream.judge.tier": dim.deciding_tier,
+                    },
+                )
+        yield None, verdict
+    for letter in outcome.dead:
+        yield DEAD, letter
+    for verdict in outcome.audits:
+        yield AUDIT, verdict
+
+
+class JudgeCascade(beam.PTransform):
+    """SampledEvent -> (verdicts, dead letters, audits): ``.verdicts``, ``.dead``, ``.audit``."""
+
+    def __init__(
+        self,
+        *,
+        endpoints: dict[int, str],
+        cascade: CascadeConfig,
+        policy: RetryPolicy,
+        now: datetime | None = None,
+        batch_size: int = 256,
+        in_flight: int = 2,
+        breakers: SharedBreakers | None = None,
+        probe: EmbeddingProbe | None = None,
+    ) -> None:
+        """``probe``: the embedding probe (None or fraction 0: off)."""
+        super().__init__()
+        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers, probe)
+        self._batch_size = batch_size
+
+    def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            sampled
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+            | "Judge" >> beam.ParDo(self._fn).with_outputs(DEAD, AUDIT, main="verdicts")
+        )

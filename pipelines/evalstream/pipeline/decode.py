@@ -1,0 +1,175 @@
+"""Decode: Kafka record bytes to a validated ``LLMEvent``, or a dead letter with the reason.
+
+Both encodings are validated by the same pydantic model (``evalstream.wire.contract.LLMEventIn``), so a
+protobuf event with an empty id is rejected exactly like a JSON one. Rules, in order:
+
+1. size above ``max_event_bytes`` -> ``oversized`` (checked before parsing)
+2. content type neither JSON nor protobuf -> ``unsupported_content_type``
+3. not UTF-8 JSON / not a protobuf message -> ``invalid_json`` / ``invalid_protobuf``
+4. schema: ``missing_field``, ``unknown_field`` (JSON rejects unknown fields), ``invalid_value``
+5. event time older than ``max_age`` -> ``stale_event_time``; later than ``max_skew`` ahead of the
+   batch clock -> ``future_event_time``
+
+Unknown models are not rejected: they are judged at the default sample rate and counted under
+their own name (the exporter folds names beyond its label budget into ``other``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import apache_beam as beam
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from pydantic import ValidationError
+
+from evalstream.pipeline.records import DeadReason, Decoded, KafkaRecord, Stage, dead_letter
+from evalstream.v1 import events_pb2, verdict_pb2
+from evalstream.wire import topics
+from evalstream.wire.contract import LLMEventIn, WireValueError, from_proto, to_proto
+
+__all__ = ["DEAD", "Decode", "DecodeLimits", "decode_record"]
+
+DEAD = "dead"
+
+_tracer = trace.get_tracer("evalstream.pipeline.decode")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecodeLimits:
+    max_event_bytes: int = 1024 * 1024
+    max_age: timedelta = timedelta(days=7)
+    max_skew: timedelta = timedelta(minutes=5)
+
+
+def _schema_reason(exc: ValidationError) -> tuple[DeadReason, str]:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(event)"
+    kinds = {e["type"] for e in errors}
+    if "missing" in kinds:
+        reason = DeadReason.MISSING_FIELD
+    elif "extra_forbidden" in kinds:
+        reason = DeadReason.UNKNOWN_FIELD
+    else:
+        reason = DeadReason.INVALID_VALUE
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(event)'}: {e['msg']}" for e in errors[:5])
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return reason, f"field {where!r} is wrong: {detail}{more}"
+
+
+def decode_record(
+    record: KafkaRecord, *, now: datetime, limits: DecodeLimits
+) -> events_pb2.LLMEvent | verdict_pb2.DeadLetter:
+    """Decode and validate one record. Returns the event or the dead letter explaining the rejection."""
+
+    def dead(reason: DeadReason, message: str, event_id: str = "", model: str = "") -> verdict_pb2.DeadLetter:
+        stage = Stage.VALIDATE if reason in _VALIDATE_REASONS else Stage.DECODE
+        return dead_letter(
+            raw=record.value,
+            stage=stage,
+            reason=reason,
+            message=message,
+            source=record,
+            failed_at=now,
+            event_id=event_id,
+            model=model,
+        )
+
+    size = len(record.value)
+    if size > limits.max_event_bytes:
+        return dead(
+            DeadReason.OVERSIZED,
+            f"event is {size} bytes, above the limit of {limits.max_event_bytes} "
+            "(raise --max-event-bytes or trim the response upstream)",
+        )
+    try:
+        if record.content_type == topics.CONTENT_TYPE_JSON:
+            parsed = LLMEventIn.model_validate_json(record.value)
+        elif record.content_type == topics.CONTENT_TYPE_PROTOBUF:
+            try:
+                wire = events_pb2.LLMEvent.FromString(record.value)
+            except DecodeError as exc:
+                return dead(DeadReason.INVALID_PROTOBUF, f"not an evalstream.v1.LLMEvent: {exc}")
+            parsed = from_proto(wire)
+        else:
+            return dead(
+                DeadReason.UNSUPPORTED_CONTENT_TYPE,
+                f"content-type {record.content_type!r} is not {topics.CONTENT_TYPE_JSON!r} "
+                f"or {topics.CONTENT_TYPE_PROTOBUF!r}",
+            )
+    except ValidationError as exc:
+        if any(e["type"] in ("json_invalid", "json_type") for e in exc.errors()):
+            return dead(DeadReason.INVALID_JSON, f"not valid JSON: {exc.errors()[0]['msg']}")
+        reason, message = _schema_reason(exc)
+        return dead(reason, message)
+    except WireValueError as exc:  # an unknown enum number or an out-of-range Timestamp
+        return dead(DeadReason.INVALID_VALUE, str(exc))
+    except UnicodeDecodeError as exc:
+        return dead(DeadReason.INVALID_PROTOBUF, f"not an evalstream.v1.LLMEvent: {exc}")
+
+    when = parsed.event_time
+    if when < now - limits.max_age:
+        return dead(
+            DeadReason.STALE_EVENT_TIME,
+            f"event_time {when.isoformat()} is older than {limits.max_age} before {now.isoformat()}",
+            parsed.event_id,
+            parsed.model,
+        )
+    if when > now + limits.max_skew:
+        return dead(
+            DeadReason.FUTURE_EVENT_TIME,
+            f"event_time {when.isoformat()} is more than {limits.max_skew} after {now.isoformat()} "
+            "(check the producer's clock)",
+            parsed.event_id,
+            parsed.model,
+        )
+    return to_proto(parsed)
+
+
+_VALIDATE_REASONS = frozenset(
+    {
+        DeadReason.MISSING_FIELD,
+        DeadReason.UNKNOWN_FIELD,
+        DeadReason.INVALID_VALUE,
+        DeadReason.STALE_EVENT_TIME,
+        DeadReason.FUTURE_EVENT_TIME,
+    }
+)
+
+
+class _DecodeFn(beam.DoFn):
+    def __init__(self, now: datetime | None, limits: DecodeLimits) -> None:
+        self._fixed_now = now
+        self._limits = limits
+
+    def start_bundle(self) -> None:
+        self._now = self._fixed_now or datetime.now(UTC)
+
+    def process(self, record: KafkaRecord) -> Iterator[object]:
+        with _tracer.start_as_current_span("evalstream.decode") as span:
+            out = decode_record(record, now=self._now, limits=self._limits)
+            span.set_attribute("evalstream.event_id", out.event_id)
+            span.set_attribute("messaging.kafka.offset", record.offset)
+            if isinstance(out, verdict_pb2.DeadLetter):
+                span.set_attribute("evalstream.dead_letter.reason", out.error_type)
+                yield beam.pvalue.TaggedOutput(DEAD, out)
+            else:
+                yield Decoded(record=record, event=out)
+
+
+class Decode(beam.PTransform):
+    """``KafkaRecord`` -> (``Decoded`` events, dead letters): ``result.events`` and ``result.dead``."""
+
+    def __init__(self, *, now: datetime | None = None, limits: DecodeLimits | None = None) -> None:
+        """``now``: the batch clock (micro-batches); None reads the wall clock per bundle (streaming)."""
+        super().__init__()
+        self._now = now
+        self._limits = limits or DecodeLimits()
+
+    def expand(self, records: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return records | "DecodeRecords" >> beam.ParDo(_DecodeFn(self._now, self._limits)).with_outputs(
+            DEAD, main="events"
+        )

@@ -1,0 +1,93 @@
+"""Evaluate: the whole pipeline as one composite transform, with no I/O.
+
+``KafkaRecord`` in; verdicts, summaries, dead letters and audits out. ``run.run(argv)`` feeds it
+from Kafka and writes its outputs; tests feed it ``beam.Create``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import apache_beam as beam
+
+from evalstream.pipeline.cascade import EmbeddingProbe, JudgeCascade, SharedBreakers
+from evalstream.pipeline.decode import Decode, DecodeLimits
+from evalstream.pipeline.dedupe import Dedupe, SharedSeenIds
+from evalstream.pipeline.judge_client import RetryPolicy
+from evalstream.pipeline.sampling import Sample, SamplingConfig
+from evalstream.pipeline.summarise import Summarise
+from evalstream.wire.cascade_config import CascadeConfig
+
+__all__ = ["Evaluate", "EvaluateConfig", "EvaluateOutputs"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluateConfig:
+    endpoints: dict[int, str]  # judge tier -> gRPC target
+    cascade: CascadeConfig
+    sampling: SamplingConfig
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    batch_size: int = 256
+    #: Per-tier circuit breakers that outlive a batch (None: no breaker, every call waits its deadline).
+    breakers: SharedBreakers | None = None
+    #: The embedding probe (``cascade.py``); off without an endpoint for its tier.
+    probe: EmbeddingProbe = field(default_factory=EmbeddingProbe)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateOutputs:
+    verdicts: beam.pvalue.PCollection
+    summaries: beam.pvalue.PCollection
+    dead: beam.pvalue.PCollection
+    audit: beam.pvalue.PCollection
+    unsampled: beam.pvalue.PCollection
+
+
+class Evaluate(beam.PTransform):
+    """Decode -> Dedupe -> Sample -> JudgeCascade -> Summarise."""
+
+    def __init__(
+        self,
+        config: EvaluateConfig,
+        *,
+        now: datetime | None,
+        batch_id: str,
+        seen: frozenset[str] | SharedSeenIds = frozenset(),
+    ) -> None:
+        """``now``: the batch clock for micro-batches, or None for the wall clock (streaming runners)."""
+        super().__init__()
+        self._config = config
+        self._now = now
+        self._batch_id = batch_id
+        self._seen = seen
+
+    def expand(self, records: beam.pvalue.PCollection) -> EvaluateOutputs:
+        cfg = self._config
+        decoded = records | "Decode" >> Decode(now=self._now, limits=cfg.limits)
+        unique = decoded.events | "Dedupe" >> Dedupe(seen=self._seen, now=self._now)
+        events = unique.events | "Events" >> beam.Map(lambda d: d.event)
+        sampled = events | "Sample" >> Sample(cfg.sampling)
+        judged = sampled.sampled | "JudgeCascade" >> JudgeCascade(
+            endpoints=cfg.endpoints,
+            cascade=cfg.cascade,
+            policy=cfg.policy,
+            now=self._now,
+            batch_size=cfg.batch_size,
+            breakers=cfg.breakers,
+            probe=cfg.probe,
+        )
+        dead = (decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten()
+        summaries = (
+            (sampled.unsampled, judged.verdicts, dead)
+            | "ForSummary" >> beam.Flatten()
+            | ("Summarise" >> Summarise(self._batch_id))
+        )
+        return EvaluateOutputs(
+            verdicts=judged.verdicts,
+            summaries=summaries,
+            dead=dead,
+            audit=judged.audit,
+            unsampled=sampled.unsampled,
+        )

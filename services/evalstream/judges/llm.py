@@ -1,0 +1,456 @@
+"""Tier 2: LLM judges over any OpenAI-compatible endpoint (vLLM, OpenAI, a gateway, the replay server).
+
+One judgement is one or more chat-completion calls: one per judge model (a PoLL panel when there are
+several), and for pairwise one per presentation order (the swap catches position bias). Each call asks
+for a JSON verdict (``prompts``), parses it strictly, and is retried within one overall deadline.
+
+The parts, each with its own docstring:
+
+- ``llm_http``: the HTTP client (the one place that talks to the endpoint), its settings, retry policy,
+  wire types, the error tree translated from httpx, the circuit breaker's use and API-key scrubbing;
+- ``llm_votes``: confidence (logprobs, else agreement across samples, panel models and orders) and
+  how votes combine into one decision;
+- this module: the judge, which fans a batch out into calls and decides each item from its votes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import httpx
+
+from evalstream.wire.dimensions import Dimension, Tier
+
+from .base import ItemOutcome, JudgeInput, JudgeOutput
+from .circuit import register_breaker_metrics
+from .llm_http import (
+    _MESSAGE_EXCERPT,
+    ChatReply,
+    LLMAuthError,
+    LLMCircuitOpen,
+    LLMClosedError,
+    LLMConnectionError,
+    LLMDeadlineExceeded,
+    LLMError,
+    LLMJudgeSettings,
+    LLMProtocolError,
+    LLMRateLimitError,
+    LLMRejectedError,
+    LLMServerError,
+    LLMStatusError,
+    LLMTimeoutError,
+    LLMUnparseableReply,
+    RetryPolicy,
+    TokenLogprob,
+    _ChatClient,
+)
+from .llm_votes import Vote, _vote, combine_votes, label_probabilities, score_probabilities
+from .prompts import (
+    PromptTemplate,
+    ReplySchemaError,
+    load_prompt,
+    parse_reply,
+    response_format,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .settings import JudgeServerSettings
+
+__all__ = [
+    "ChatReply",
+    "LLMAuthError",
+    "LLMCircuitOpen",
+    "LLMClosedError",
+    "LLMConnectionError",
+    "LLMDeadlineExceeded",
+    "LLMError",
+    "LLMJudge",
+    "LLMJudgeSettings",
+    "LLMProtocolError",
+    "LLMRateLimitError",
+    "LLMRejectedError",
+    "LLMServerError",
+    "LLMStatusError",
+    "LLMTimeoutError",
+    "LLMUnparseableReply",
+    "PairInput",
+    "RetryPolicy",
+    "TokenLogprob",
+    "Vote",
+    "combine_votes",
+    "from_settings",
+    "label_probabilities",
+    "score_probabilities",
+]
+
+_log = logging.getLogger(__name__)
+
+JUDGE_KIND: Final = "llm"
+
+
+# --------------------------------------------------------------------------------------------- judge
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairInput:
+    """Two responses to one prompt, for the pairwise dimension."""
+
+    item_id: str
+    prompt: str
+    response_a: str
+    response_b: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Call:
+    job: int
+    dimension: Dimension
+    model: str
+    swapped: bool
+    texts: Mapping[str, str]
+    budget_end: float | None = None  # clock time by which the whole request must be answered
+
+
+@dataclass(slots=True, kw_only=True)
+class _CallResult:
+    votes: list[Vote]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _Totals:
+    counts: Counter[str] = field(default_factory=Counter)
+    cost_usd: float = 0.0
+
+
+class LLMJudge:
+    """The tier-2 judge: refusal, quality and pairwise over an OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        settings: LLMJudgeSettings | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = settings or LLMJudgeSettings()
+        self._policy = policy or self._settings.retry_policy()
+        self._clock = clock
+        self._closing = threading.Event()
+        self._client = _ChatClient(
+            self._settings, self._policy, clock=clock, closing=self._closing, transport=transport
+        )
+        self._prompts: dict[Dimension, PromptTemplate] = {
+            d: load_prompt(d, self._settings.prompt_version) for d in self.DIMENSIONS
+        }
+        self._pool = ThreadPoolExecutor(
+            max_workers=self._settings.max_concurrency, thread_name_prefix="llm-judge"
+        )
+        self._lock = threading.Lock()
+        self._no_logprobs: set[str] = set()  # models whose replies came without logprobs
+        self._totals = _Totals()
+
+    DIMENSIONS: ClassVar[frozenset[Dimension]] = frozenset(
+        {Dimension.REFUSAL, Dimension.QUALITY, Dimension.PAIRWISE}
+    )
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._client.has_key else None
+        return f"LLMJudge(name={self.name!r}, url={str(self._client.where)!r}, api_key={key})"
+
+    @property
+    def name(self) -> str:
+        return f"{JUDGE_KIND}-{self._settings.prompt_version}:{'+'.join(self._settings.models)}"
+
+    @property
+    def tier(self) -> int:
+        return int(Tier.LLM)
+
+    @property
+    def dimensions(self) -> frozenset[str]:
+        return frozenset(str(d) for d in self.DIMENSIONS)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The endpoint's circuit-breaker metrics, on the judge server's registry."""
+        if self._client.breaker is not None:
+            register_breaker_metrics(registry, self.name, [(str(self._client.where), self._client.breaker)])
+
+    def totals(self) -> dict[str, float]:
+        """Calls, attempts, retries, re-asks, tokens, cost and errors by type since start."""
+        with self._lock:
+            return {**self._totals.counts, "cost_usd": self._totals.cost_usd}
+
+    def close(self) -> None:
+        """Abandon backoff sleeps and queued calls (they end as ``closed`` outcomes), wait for running
+        attempts, close connections."""
+        self._closing.set()
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def __enter__(self) -> LLMJudge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the Judge protocol
+
+    def judge_batch(self, items: Sequence[JudgeInput], dimensions: frozenset[str]) -> list[ItemOutcome]:
+        """Refusal and quality judge ``response``; pairwise compares ``response`` (A) with
+        ``reference_answer`` (B) and is skipped for items without one."""
+        return self.judge_batch_within(items, dimensions, budget_s=None)
+
+    def judge_batch_within(
+        self, items: Sequence[JudgeInput], dimensions: frozenset[str], *, budget_s: float | None
+    ) -> list[ItemOutcome]:
+        """``judge_batch`` that answers within ``budget_s`` seconds (None: no limit but each call's own
+        deadline). Every call's deadline is the sooner of its own and the batch's, so calls still
+        waiting for a concurrency slot when the budget is spent end at once as ``deadline_exceeded``
+        item errors: the caller gets an answer for every item before it gives up on the request."""
+        budget_end = None if budget_s is None else self._clock() + budget_s
+        wanted = [d for d in sorted(self.DIMENSIONS) if not dimensions or d in dimensions]
+        jobs: list[tuple[int, Dimension, dict[str, str]]] = []
+        skipped: dict[int, str] = {}
+        for i, item in enumerate(items):
+            for dim in wanted:
+                if dim is Dimension.PAIRWISE:
+                    if item.reference_answer is None:
+                        skipped[i] = "pairwise: no reference_answer to compare with"
+                        continue
+                    texts = {
+                        "prompt": item.prompt,
+                        "response_a": item.response,
+                        "response_b": item.reference_answer,
+                    }
+                else:
+                    texts = {"prompt": item.prompt, "response": item.response}
+                jobs.append((i, dim, texts))
+        outcomes = self._run([item.item_id for item in items], jobs, budget_end)
+        for i, note in skipped.items():
+            outcomes[i].extra["skipped"] = note
+        return outcomes
+
+    def judge_pairs(self, pairs: Sequence[PairInput]) -> list[ItemOutcome]:
+        """Pairwise preference for each pair, asked in both orders (``pairwise_swap``)."""
+        jobs = [
+            (
+                i,
+                Dimension.PAIRWISE,
+                {"prompt": p.prompt, "response_a": p.response_a, "response_b": p.response_b},
+            )
+            for i, p in enumerate(pairs)
+        ]
+        return self._run([p.item_id for p in pairs], jobs)
+
+    # ---- orchestration
+
+    def _run(
+        self,
+        item_ids: list[str],
+        jobs: list[tuple[int, Dimension, dict[str, str]]],
+        budget_end: float | None = None,
+    ) -> list[ItemOutcome]:
+        calls = [
+            _Call(job=j, dimension=dim, model=model, swapped=swapped, texts=texts, budget_end=budget_end)
+            for j, (_, dim, texts) in enumerate(jobs)
+            for model in self._settings.models
+            for swapped in (
+                (False, True) if dim is Dimension.PAIRWISE and self._settings.pairwise_swap else (False,)
+            )
+        ]
+        results = list(self._pool.map(self._call_safely, calls))
+        by_job: dict[int, list[tuple[_Call, _CallResult | LLMError]]] = defaultdict(list)
+        for call, result in zip(calls, results, strict=True):
+            by_job[call.job].append((call, result))
+        judgements: dict[int, list[JudgeOutput]] = defaultdict(list)
+        failures: dict[int, list[tuple[Dimension, LLMError]]] = defaultdict(list)
+        extras: dict[int, dict[str, str]] = defaultdict(dict)
+        for j, (i, dim, _) in enumerate(jobs):
+            output, failure, extra = self._decide(dim, by_job[j])
+            extras[i].update(extra)
+            if output is not None:
+                judgements[i].append(output)
+            if failure is not None:
+                failures[i].append((dim, failure))
+        outcomes = []
+        for i, item_id in enumerate(item_ids):
+            extra = extras.get(i, {})
+            if failures.get(i) and not judgements.get(i):
+                dim, exc = failures[i][0]
+                raw = ""
+                if isinstance(exc, LLMUnparseableReply):  # what the model said, for the dead letter
+                    raw = f"; raw reply: {exc.raw[: self._settings.raw_reply_chars // 5]!r}"
+                outcomes.append(
+                    ItemOutcome(
+                        item_id=item_id,
+                        error=self._client.scrub(f"{dim}: {exc} (after {exc.attempts} attempts){raw}"),
+                        error_type=exc.error_type,
+                        extra=extra,
+                    )
+                )
+            else:
+                outcomes.append(
+                    ItemOutcome(item_id=item_id, judgements=tuple(judgements.get(i, ())), extra=extra)
+                )
+        return outcomes
+
+    def _decide(
+        self, dim: Dimension, results: list[tuple[_Call, _CallResult | LLMError]]
+    ) -> tuple[JudgeOutput | None, LLMError | None, dict[str, str]]:
+        votes = [v for _, r in results if isinstance(r, _CallResult) for v in r.votes]
+        errors = [(c, r) for c, r in results if isinstance(r, LLMError)]
+        prompt_tokens = sum(r.prompt_tokens for _, r in results if isinstance(r, _CallResult))
+        completion_tokens = sum(r.completion_tokens for _, r in results if isinstance(r, _CallResult))
+        extra: dict[str, str] = {}
+        for call, exc in errors:
+            where = f"{dim}.{call.model}{'.swapped' if call.swapped else ''}"
+            extra[f"{where}.error"] = self._client.scrub(f"{exc.error_type}: {exc}")[:_MESSAGE_EXCERPT]
+            if isinstance(exc, LLMUnparseableReply):
+                extra["raw_reply"] = self._client.scrub(exc.raw)[: self._settings.raw_reply_chars]
+        if not votes:
+            return None, errors[0][1] if errors else LLMError("no votes"), extra
+        decision = combine_votes(dim, votes)
+        extra[f"{dim}.confidence_source"] = decision.source
+        extra[f"{dim}.agreement"] = decision.agreement
+        if dim is Dimension.PAIRWISE:
+            first = {v.label for v in votes if not v.swapped}
+            second = {v.label for v in votes if v.swapped}
+            if first and second:
+                extra[f"{dim}.position_consistent"] = str(first == second).lower()
+        cost = (
+            prompt_tokens / 1000 * self._settings.price_input_per_1k
+            + completion_tokens / 1000 * self._settings.price_output_per_1k
+        )
+        output = JudgeOutput(
+            dimension=str(dim),
+            label=decision.label,
+            score=decision.score,
+            confidence=decision.confidence,
+            rationale=self._client.scrub(decision.rationale)[:_MESSAGE_EXCERPT],
+            input_tokens=prompt_tokens,
+            output_tokens=completion_tokens,
+            cost_usd=cost,
+        )
+        return output, None, extra
+
+    def _count(self, key: str, by: int = 1, cost: float = 0.0) -> None:
+        with self._lock:
+            self._totals.counts[key] += by
+            self._totals.cost_usd += cost
+
+    def _call_safely(self, call: _Call) -> _CallResult | LLMError:
+        try:
+            return self._call(call)
+        except LLMError as exc:
+            self._count(f"errors.{exc.error_type}")
+            _log.warning("LLM judge call failed (%s, model %s): %s", call.dimension, call.model, exc)
+            return exc
+
+    def _messages(self, call: _Call) -> list[dict[str, str]]:
+        texts = dict(call.texts)
+        if call.swapped:
+            texts["response_a"], texts["response_b"] = call.texts["response_b"], call.texts["response_a"]
+        return self._prompts[call.dimension].render(texts)
+
+    def _body(
+        self, call: _Call, messages: list[dict[str, str]], n: int, with_logprobs: bool
+    ) -> dict[str, Any]:
+        s = self._settings
+        body: dict[str, Any] = {
+            "model": call.model,
+            "messages": messages,
+            "n": n,
+            "temperature": s.temperature if n == 1 else s.sample_temperature,
+            "max_tokens": s.max_tokens,
+        }
+        if with_logprobs:
+            body["logprobs"] = True
+            if s.top_logprobs:
+                body["top_logprobs"] = s.top_logprobs
+        if (fmt := response_format(call.dimension, s.response_format)) is not None:
+            body["response_format"] = fmt
+        return body
+
+    def _call(self, call: _Call) -> _CallResult:
+        """One logical call: transport retries inside ``complete``, one re-ask for an unparseable
+        reply, one re-ask with more samples when the endpoint turns out to give no logprobs; all
+        within one deadline."""
+        s = self._settings
+        if self._closing.is_set():
+            raise LLMClosedError("the judge is closing; call not started")
+        deadline = self._clock() + self._policy.deadline_s
+        if call.budget_end is not None:
+            deadline = min(deadline, call.budget_end)
+            if deadline <= self._clock():
+                raise LLMDeadlineExceeded("the request's time ran out before this call could start")
+        result = _CallResult(votes=[])
+        reasks = 0
+        messages = self._messages(call)  # one rendering (one nonce): a re-ask repeats the same prompt
+        while True:
+            with self._lock:
+                known_without = call.model in self._no_logprobs
+            want_logprobs = s.logprobs and not known_without
+            n = s.samples if want_logprobs else max(s.samples, s.fallback_samples)
+            reply = self._client.complete(
+                self._body(call, messages, n, want_logprobs),
+                deadline=deadline,
+                on_retry=lambda: self._count("retries"),
+            )
+            cost = (
+                reply.prompt_tokens / 1000 * s.price_input_per_1k
+                + reply.completion_tokens / 1000 * s.price_output_per_1k
+            )
+            self._count("calls")
+            self._count("attempts", reply.attempts)
+            self._count("input_tokens", reply.prompt_tokens)
+            self._count("output_tokens", reply.completion_tokens, cost)
+            result.prompt_tokens += reply.prompt_tokens
+            result.completion_tokens += reply.completion_tokens
+            if want_logprobs and all(c.logprobs is None for c in reply.choices):
+                with self._lock:
+                    self._no_logprobs.add(call.model)
+                if n < s.fallback_samples:
+                    _log.info(
+                        "model %s gives no logprobs: asking for %d samples", call.model, s.fallback_samples
+                    )
+                    continue
+            votes, problems = [], []
+            for choice in reply.choices:
+                try:
+                    parsed = parse_reply(call.dimension, choice.content)
+                except ReplySchemaError as bad:
+                    problems.append((bad, choice.content or ""))
+                    continue
+                votes.append(_vote(call.dimension, call.model, call.swapped, parsed, choice))
+            if votes:
+                result.votes = votes
+                return result
+            first, raw = problems[0]
+            problem = self._client.scrub(str(first))  # the reply's own text, which may echo the key
+            if reasks >= self._policy.reasks:
+                raise LLMUnparseableReply(
+                    f"model {call.model} replied {len(problems)}x outside the verdict schema "
+                    f"after {reasks + 1} asks: {problem}",
+                    raw=self._client.scrub(raw),
+                )
+            if self._clock() >= deadline:
+                raise LLMDeadlineExceeded(f"deadline passed before re-asking model {call.model}: {problem}")
+            reasks += 1
+            self._count("reasks")
+            _log.info("model %s replied outside the schema (%s); asking again", call.model, problem)
+
+
+def from_settings(settings: JudgeServerSettings) -> LLMJudge:
+    """The registry's factory: LLM settings come from ``EVALSTREAM_LLM_*`` (read once, here)."""
+    return LLMJudge(LLMJudgeSettings())

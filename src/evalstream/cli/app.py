@@ -1,0 +1,142 @@
+"""The ``evalstream`` command line: one typer app, each command a thin shell over a module.
+
+Commands are registered below, one line each; the work lives in the named modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from evalstream.cli.calibrate import calibrate_command
+from evalstream.cli.report import report_command
+from evalstream.runtime.logs import configure_logging
+from evalstream.tools.labels import label_command
+from evalstream.tools.redrive import redrive_command
+from evalstream.tools.replay import replay_command
+
+app = typer.Typer(
+    name="evalstream",
+    help="Streaming evaluation of deployed LLMs: Kafka -> Beam -> cascaded judges -> Prometheus.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
+    configure_logging(verbose)
+
+
+# --- command registrations (one line each; keep sorted) ---
+app.command("calibrate")(calibrate_command)
+
+
+@app.command(
+    "pipeline",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def _pipeline(ctx: typer.Context) -> None:
+    """Run the Beam pipeline (flags: `evalstream pipeline --help`)."""
+    from evalstream.pipeline.run import run
+
+    run(ctx.args)
+
+
+app.command("label")(label_command)
+app.command("redrive")(redrive_command)
+app.command("replay")(replay_command)
+app.command("report")(report_command)
+
+
+@app.command("collect")
+def _collect(
+    judges: str = typer.Option(..., help="Judge targets per tier, e.g. 0=127.0.0.1:50051,1=...,2=..."),
+    out_dir: Path = typer.Option(Path(".evalstream/calibration"), help="Where the tables and config go."),
+    alpha: float = typer.Option(0.15, help="Allowed disagreement with humans: agreement >= 1 - alpha."),
+    delta: float = typer.Option(0.1, help="Allowed probability that the guarantee fails."),
+    seed: int = typer.Option(0, help="Seed of the calibration/test halves."),
+    deadline_s: float = typer.Option(60.0, help="Deadline per judge call, retries included."),
+) -> None:
+    """Ask the running judge tiers about every XSTest item, then calibrate the cascade on their answers."""
+    from rich.progress import Progress
+
+    from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
+    from evalstream.pipeline.settings import parse_endpoints
+    from evalstream.tools.collect import calibrate_live, collect_xstest, write_tables
+
+    endpoints = parse_endpoints(judges)
+    policy = RetryPolicy(deadline_s=deadline_s, attempt_timeout_s=deadline_s)
+    clients = {tier: JudgeClient(target, tier=tier, policy=policy) for tier, target in endpoints.items()}
+    try:
+        with Progress() as bar:
+            task = bar.add_task("collecting judgements", total=None)
+            data = collect_xstest(
+                sorted(endpoints),
+                lambda tier, request: clients[tier].judge(request),
+                seed=seed,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    finally:
+        for client in clients.values():
+            client.close()
+    judgements, humans = write_tables(data, out_dir)
+    result = calibrate_live(data, alpha=alpha, delta=delta)
+    config_path = out_dir / "cascade.yaml"
+    result.config.dump(config_path)
+    typer.echo(f"wrote {judgements}, {humans}")
+    for dim, cascade in result.config.dimensions.items():
+        rules = ", ".join(f"tier {t.tier} >= {t.threshold:.3g}" for t in cascade.tiers)
+        typer.echo(f"{dim}: {rules}")
+    agreement = "n/a" if result.test_agreement is None else f"{result.test_agreement:.3f}"
+    typer.echo(
+        f"held-out: {result.test_items} items, coverage {result.test_coverage:.3f}, agreement {agreement} "
+        f"(target >= {1 - alpha:.3f}), strong-tier calls per 1,000: {result.strong_calls_per_1000:.0f}"
+    )
+    typer.echo(f"wrote {config_path} (version {result.config.version})")
+
+
+@app.command("up")
+def _up(
+    state_dir: Path = typer.Option(Path(".evalstream"), help="Where logs and broker data go."),
+    bootstrap: str | None = typer.Option(None, help="Use this Kafka instead of the embedded broker."),
+    rate: float = typer.Option(50.0, help="Replay events per second."),
+    malformed: float = typer.Option(0.02, help="Share of replayed events that are malformed."),
+    model: list[str] = typer.Option([], help="Replay only these XSTest models (repeatable)."),
+    cascade_config: Path | None = typer.Option(
+        None, help="Cascade config YAML (default: calibrate on XSTest against the running tiers)."
+    ),
+    sampling_config: Path | None = typer.Option(None, help="Sampling config YAML."),
+    keep_data: bool = typer.Option(False, help="Keep the embedded broker's data from the last run."),
+    tiers: str = typer.Option(
+        "0,1,2", help="Judge tiers to run: 0 rules, 1 encoder, 2 LLM (replayed GPT-4)."
+    ),
+    alpha: float = typer.Option(0.15, help="Calibration: agreement with humans >= 1 - alpha ..."),
+    delta: float = typer.Option(0.1, help="... with probability >= 1 - delta."),
+) -> None:
+    """Start broker, judges, pipeline and a traffic replay on this machine; Ctrl-C stops them all."""
+    from evalstream.local.up import StackOptions, up
+
+    options = StackOptions(
+        state_dir=state_dir,
+        bootstrap=bootstrap,
+        replay_rate=rate,
+        replay_malformed=malformed,
+        models=tuple(model),
+        cascade_config=cascade_config,
+        sampling_config=sampling_config,
+        fresh=not keep_data,
+        tiers=tuple(int(t) for t in tiers.split(",") if t.strip()),
+        alpha=alpha,
+        delta=delta,
+    )
+    raise typer.Exit(up(options))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""Offline evaluation: statistics, calibration of the cascade, reports, readers of labelled data
+and recorded judgements."""

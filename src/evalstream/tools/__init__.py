@@ -1,0 +1,1 @@
+"""Operator tools behind CLI commands: replay, redrive, labels, collect."""
