@@ -41,6 +41,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evalstream.wire.dimensions import LABELS, Dimension
+from evalstream.wire.jsonl import explain, json_objects
 
 __all__ = [
     "HumanLabel",
@@ -141,46 +142,17 @@ class _HumanRow(BaseModel):
         return self
 
 
-def _rows(path: Path, kind: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TableError(f"cannot read the {kind} table {path}: {exc}") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TableError(
-                f"{path}:{number}: not JSON ({exc.msg}); the {kind} table is JSON Lines, one object a line"
-            ) from None
-        if not isinstance(raw, dict):
-            raise TableError(f"{path}:{number}: expected a JSON object, got {type(raw).__name__}")
-        yield number, raw
-
-
-def _explain(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "row"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg']}{shown}")
-    return "; ".join(parts)
-
-
 def read_judgements(path: Path) -> list[Judgement]:
     """Every row of a judgement table; raises ``TableError`` on the first bad line or a duplicate."""
     fields = "item_id, dimension, tier, judge, label, confidence, cost_usd, input_tokens, output_tokens"
     out: list[Judgement] = []
     seen: dict[tuple[str, str, str], int] = {}
-    for number, raw in _rows(path, "judgement"):
+    for number, raw in json_objects(path, kind="judgement table", error=TableError):
         try:
             row = _JudgementRow.model_validate(raw)
         except ValidationError as exc:
             raise TableError(
-                f"{path}:{number}: bad judgement row: {_explain(exc)}. Each row needs {fields} "
+                f"{path}:{number}: bad judgement row: {explain(exc, whole='row')}. Each row needs {fields} "
                 "(see src/evalstream/evaluation/judgements.py)"
             ) from None
         key = (row.item_id, row.dimension.value, row.judge)
@@ -213,12 +185,12 @@ def read_human_labels(path: Path) -> list[HumanLabel]:
     """Every row of a human-label table; raises ``TableError`` on the first bad line or a duplicate."""
     out: list[HumanLabel] = []
     seen: dict[tuple[str, str, str], int] = {}
-    for number, raw in _rows(path, "human-label"):
+    for number, raw in json_objects(path, kind="human-label table", error=TableError):
         try:
             row = _HumanRow.model_validate(raw)
         except ValidationError as exc:
             raise TableError(
-                f"{path}:{number}: bad human-label row: {_explain(exc)}. Each row needs item_id, "
+                f"{path}:{number}: bad human-label row: {explain(exc, whole='row')}. Each row needs item_id, "
                 "dimension, label, annotator"
             ) from None
         key = (row.item_id, row.dimension.value, row.annotator)

@@ -11,7 +11,6 @@ label); ``LabelPublishError`` (Kafka unreachable or a label not acknowledged).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +24,8 @@ from evalstream.runtime.settings import KafkaSettings
 from evalstream.wire import topics
 from evalstream.wire.contract import now_utc
 from evalstream.wire.dimensions import Dimension, RefusalLabel
-from evalstream.wire.labels import FIELDS, HumanLabelIn, LabelRecordError, encode_label, explain
+from evalstream.wire.jsonl import explain, json_objects
+from evalstream.wire.labels import FIELDS, HumanLabelIn, LabelRecordError, encode_label
 
 __all__ = [
     "XSTEST_ANNOTATORS",
@@ -47,22 +47,8 @@ class LabelPublishError(RuntimeError):
 
 def read_label_file(path: Path, *, labelled_at: datetime) -> list[HumanLabelIn]:
     """Labels from a JSON Lines file, one label a line; ``labelled_at`` fills lines without one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LabelRecordError(f"cannot read the label file {path}: {exc}") from exc
     out: list[HumanLabelIn] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LabelRecordError(
-                f"{path}:{number}: not JSON ({exc.msg}); a label file is JSON Lines, one object a line"
-            ) from None
-        if not isinstance(raw, dict):
-            raise LabelRecordError(f"{path}:{number}: expected a JSON object, got {type(raw).__name__}")
+    for number, raw in json_objects(path, kind="label file", error=LabelRecordError):
         raw.setdefault("labelled_at", labelled_at.isoformat())
         try:
             out.append(HumanLabelIn.model_validate(raw))

@@ -28,8 +28,9 @@ from typing import Annotated, Final
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evalstream.wire.dimensions import LABELS, Dimension
+from evalstream.wire.jsonl import explain
 
-__all__ = ["FIELDS", "HumanLabelIn", "LabelRecordError", "decode_label", "encode_label", "explain"]
+__all__ = ["FIELDS", "HumanLabelIn", "LabelRecordError", "decode_label", "encode_label"]
 
 
 class LabelRecordError(ValueError):
@@ -58,16 +59,6 @@ class HumanLabelIn(BaseModel):
                 f"{', '.join(sorted(LABELS[self.dimension]))}"
             )
         return self
-
-
-def explain(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg']}{shown}")
-    return "; ".join(parts)
 
 
 #: The fields of a label record, as error messages name them.
