@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.wire.dimensions import Dimension, PairwiseLabel
+from evalstream.wire.jsonl import json_objects
 
 from .keys import item_key
 
@@ -202,20 +203,18 @@ def _judgebench(root: Path) -> Iterator[_Row]:
     for path in sorted((root / "judgebench" / "outputs").glob("*judge_name=arena_hard*.jsonl")):
         judge = path.stem.split("judge_model=")[1]
         model = canonical_model(judge) or judge
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                orders = ((row["response_A"], row["response_B"]), (row["response_B"], row["response_A"]))
-                for game, (first, second) in zip(row["judgments"], orders, strict=True):
-                    response = game["judgment"]["response"]
-                    decision = game["decision"]  # already in the frame shown: "A>B" means first is better
-                    rec = Recording(
-                        label=_JUDGEBENCH_LABELS.get(decision) if decision else None,
-                        raw=response,
-                        rationale=response[-_RATIONALE_CHARS:],
-                        source=f"judgebench/{judge}/{row['pair_id']}",
-                    )
-                    yield Dimension.PAIRWISE, model, (row["question"], first, second), rec
+        for _, row in json_objects(path, kind="JudgeBench output", error=ValueError):
+            orders = ((row["response_A"], row["response_B"]), (row["response_B"], row["response_A"]))
+            for game, (first, second) in zip(row["judgments"], orders, strict=True):
+                response = game["judgment"]["response"]
+                decision = game["decision"]  # already in the frame shown: "A>B" means first is better
+                rec = Recording(
+                    label=_JUDGEBENCH_LABELS.get(decision) if decision else None,
+                    raw=response,
+                    rationale=response[-_RATIONALE_CHARS:],
+                    source=f"judgebench/{judge}/{row['pair_id']}",
+                )
+                yield Dimension.PAIRWISE, model, (row["question"], first, second), rec
 
 
 def split_prometheus_instruction(instruction: str) -> tuple[str, str]:

@@ -63,6 +63,7 @@ from evalstream.evaluation.judgements import (
     write_judgements,
 )
 from evalstream.wire.dimensions import Dimension, PairwiseLabel
+from evalstream.wire.jsonl import json_objects
 
 __all__ = [
     "PRICES",
@@ -403,18 +404,9 @@ def _score_scale(rows: Sequence[Mapping[str, Any]], splits: Mapping[str, Split],
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as exc:
-        raise DataNotFoundError(f"{path} is missing; see {path.parent.parent}/SOURCE.md") from exc
-    out = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-    return out
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} is missing; see {path.parent.parent}/SOURCE.md")
+    return [raw for _, raw in json_objects(path, kind="JudgeBench file", error=DataFormatError)]
 
 
 def _decision(raw: Any, swapped: bool, where: str) -> str | None:
