@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cascade_cost.py [--seeds 20] [--delta 0.1] [--targets 0.8,0.85,0.9]
 
-For each recorded data set (xstest, llmbar, judgebench; see evalstream.evaluation.recorded_judgements), each
+For each recorded data set (xstest, llmbar, judgebench; see evalstream.evaluation.recorded), each
 split seed and each target agreement ``1 - alpha``, three arms are calibrated on the calibration split
 (fixed-sequence testing with Clopper-Pearson bounds, evalstream.evaluation.calibration) and measured on the
 test split, which calibration never sees:
@@ -43,7 +43,7 @@ from rich.table import Table
 
 from evalstream.evaluation.calibration import calibrate, cascade_items, route, summarise_routes
 from evalstream.evaluation.judgements import LabelledSet, Split
-from evalstream.evaluation.recorded_judgements import RecordedData, build
+from evalstream.evaluation.recorded import RecordedData, build
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ("cascade", "always-strong", "cheap-only")

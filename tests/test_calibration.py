@@ -52,7 +52,7 @@ from evalstream.evaluation.judgements import (
     write_human_labels,
     write_judgements,
 )
-from evalstream.evaluation.recorded_judgements import build, load_labelled_set
+from evalstream.evaluation.recorded import build, load_labelled_set
 from evalstream.wire.cascade_config import CascadeConfig, TierRule
 from evalstream.wire.dimensions import Dimension
 

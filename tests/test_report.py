@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from evalstream.cli.app import app
 from evalstream.evaluation.calibration import TierSpec
 from evalstream.evaluation.judgements import HumanLabel, Judgement, LabelledSet, Split
-from evalstream.evaluation.recorded_judgements import build
+from evalstream.evaluation.recorded import build
 from evalstream.evaluation.report import CascadeSpec, build_report
 from evalstream.evaluation.statistics import alternative_annotator_test, kappa_with_ci, position_bias
 from evalstream.wire.dimensions import Dimension

@@ -70,7 +70,7 @@ def calibrate_command(
 
     from evalstream.evaluation.datasets import DataFormatError, DataNotFoundError
     from evalstream.evaluation.judgements import TableError
-    from evalstream.evaluation.recorded_judgements import load_labelled_set
+    from evalstream.evaluation.recorded import load_labelled_set
 
     console = Console()
     _check_unit_cli("--alpha", alpha)

@@ -153,7 +153,7 @@ def report_command(
 
     from evalstream.evaluation.datasets import DataFormatError, DataNotFoundError
     from evalstream.evaluation.judgements import TableError
-    from evalstream.evaluation.recorded_judgements import load_labelled_set
+    from evalstream.evaluation.recorded import load_labelled_set
 
     progress_console = Console(stderr=True)
     try:

@@ -1,7 +1,7 @@
 """The judgement table and the human-label table: what calibration and reports read.
 
 Both are JSON Lines, one object a line. The recorded-verdict builders
-(``recorded_judgements``) write them today; the live tiers (rules, encoder, LLM over gRPC)
+(``recorded``) write them today; the live tiers (rules, encoder, LLM over gRPC)
 will write the same rows.
 
 Judgement table, one judge's verdict on one item and dimension::

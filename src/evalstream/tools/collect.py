@@ -37,7 +37,7 @@ from evalstream.evaluation.judgements import (
     write_human_labels,
     write_judgements,
 )
-from evalstream.evaluation.recorded_judgements import assign_split, build_xstest
+from evalstream.evaluation.recorded import assign_split, build_xstest
 from evalstream.tools.replay import build_event
 from evalstream.v1 import judge_pb2
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The XSTest columns published as annotators: the adjudicated ``final_label`` (the truth) and the
-#: two independent annotators. Names match the human-label tables of ``evaluation.recorded_judgements``.
+#: two independent annotators. Names match the human-label tables of ``evaluation.recorded``.
 XSTEST_ANNOTATORS: Final = ("adjudicated", "annotator_1", "annotator_2")
 
 

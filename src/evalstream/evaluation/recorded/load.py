@@ -1,0 +1,83 @@
+"""Choosing a recorded set or a pair of tables: the entry of ``calibrate``, ``report`` and ``collect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evalstream.evaluation.judgements import (
+    LabelledSet,
+    TableError,
+    choose_truth_annotator,
+    read_human_labels,
+    read_judgements,
+    write_human_labels,
+    write_judgements,
+)
+
+from .common import RecordedData
+from .judgebench import build_judgebench
+from .llmbar import build_llmbar
+from .xstest import build_xstest
+
+_BUILDERS = {
+    RecordedData.XSTEST: build_xstest,
+    RecordedData.LLMBAR: build_llmbar,
+    RecordedData.JUDGEBENCH: build_judgebench,
+}
+
+
+def build(data: RecordedData | str, root: Path | None = None, *, seed: int = 0) -> LabelledSet:
+    """The labelled set of a recorded data set, split with ``seed``."""
+    try:
+        which = RecordedData(data)
+    except ValueError:
+        raise TableError(
+            f"unknown recorded data set {data!r}; choose one of {', '.join(RecordedData)}, or pass "
+            "--judgements and --humans tables"
+        ) from None
+    return _BUILDERS[which](root, seed=seed)
+
+
+def load_labelled_set(
+    *,
+    data: str | None,
+    judgements: Path | None,
+    humans: Path | None,
+    truth_annotator: str | None = None,
+    seed: int = 0,
+    write_tables: Path | None = None,
+    root: Path | None = None,
+) -> LabelledSet:
+    """A recorded set (``data``) or a pair of tables, the shared entry of ``calibrate`` and ``report``."""
+    if data is not None and (judgements is not None or humans is not None):
+        raise TableError("give either --data or --judgements with --humans, not both")
+    if data is not None:
+        labelled = build(data, root, seed=seed)
+        if truth_annotator is not None and truth_annotator != labelled.truth_annotator:
+            labelled = LabelledSet(
+                name=labelled.name,
+                judgements=labelled.judgements,
+                humans=labelled.humans,
+                truth_annotator=choose_truth_annotator(labelled.humans, truth_annotator),
+                splits=labelled.splits,
+                cascade=labelled.cascade,
+                confidence_sources=labelled.confidence_sources,
+                notes=labelled.notes,
+            )
+    elif judgements is not None and humans is not None:
+        human_rows = read_human_labels(humans)
+        labelled = LabelledSet(
+            name=judgements.stem,
+            judgements=tuple(read_judgements(judgements)),
+            humans=tuple(human_rows),
+            truth_annotator=choose_truth_annotator(human_rows, truth_annotator),
+        )
+    else:
+        raise TableError(
+            f"no labelled data: pass --data ({', '.join(RecordedData)}) or both --judgements and --humans"
+        )
+    if write_tables is not None:
+        write_tables.mkdir(parents=True, exist_ok=True)
+        write_judgements(write_tables / f"{labelled.name}.judgements.jsonl", labelled.judgements)
+        write_human_labels(write_tables / f"{labelled.name}.humans.jsonl", labelled.humans)
+    return labelled
