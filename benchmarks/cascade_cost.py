@@ -41,9 +41,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evalstream.evaluation.calibration import calibrate, cascade_items, route, summarise_routes
+from evalstream.evaluation.calibration import calibrate, cascade_items
 from evalstream.evaluation.judgements import LabelledSet, Split
 from evalstream.evaluation.recorded import RecordedData, build
+from evalstream.evaluation.routing import route, summarise_routes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ("cascade", "always-strong", "cheap-only")

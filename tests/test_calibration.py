@@ -34,10 +34,7 @@ from evalstream.evaluation.calibration import (
     calibrate,
     cascade_items,
     clopper_pearson_upper,
-    config_plan,
-    route,
     select_threshold,
-    summarise_routes,
     to_config,
 )
 from evalstream.evaluation.judgements import (
@@ -53,6 +50,7 @@ from evalstream.evaluation.judgements import (
     write_judgements,
 )
 from evalstream.evaluation.recorded import build, load_labelled_set
+from evalstream.evaluation.routing import config_plan, route, summarise_routes
 from evalstream.wire.cascade_config import CascadeConfig, TierRule
 from evalstream.wire.dimensions import Dimension
 

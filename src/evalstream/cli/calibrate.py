@@ -14,14 +14,12 @@ from evalstream.evaluation.calibration import (
     DEFAULT_MIN_ACCEPTED,
     CalibrationError,
     CascadeCalibration,
-    RouteSummary,
     calibrate,
     cascade_items,
-    route,
-    summarise_routes,
     to_config,
 )
 from evalstream.evaluation.judgements import Split
+from evalstream.evaluation.routing import RouteSummary, route, summarise_routes
 from evalstream.wire.dimensions import Dimension
 
 if TYPE_CHECKING:

@@ -9,14 +9,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from evalstream.evaluation.calibration import (
-    CalibrationError,
-    calibrate,
-    cascade_items,
-    config_plan,
-)
+from evalstream.evaluation.calibration import CalibrationError, calibrate, cascade_items
 from evalstream.evaluation.judgements import LabelledSet, Split
 from evalstream.evaluation.report import CascadeSpec, Report, build_report
+from evalstream.evaluation.routing import config_plan
 from evalstream.evaluation.statistics import DEFAULT_ALT_EPSILON
 from evalstream.wire.cascade_config import CascadeConfig
 from evalstream.wire.dimensions import Dimension

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -54,8 +54,6 @@ __all__ = [
     "CalibrationError",
     "CalibrationItem",
     "CascadeCalibration",
-    "RouteSummary",
-    "Routed",
     "ThresholdTest",
     "TierCalibration",
     "TierSpec",
@@ -64,10 +62,7 @@ __all__ = [
     "calibrate",
     "cascade_items",
     "clopper_pearson_upper",
-    "config_plan",
-    "route",
     "select_threshold",
-    "summarise_routes",
     "to_config",
 ]
 
@@ -386,108 +381,6 @@ def to_config(
         calibration_data=calibration_data,
         dimensions={c.dimension.value: DimensionCascade(tiers=c.rules()) for c in calibrations},
     )
-
-
-# --- the decision rule -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Routed:
-    """Where one item ended: the verdict index accepted (None: human audit) and the tiers called."""
-
-    item_id: str
-    accepted_by: int | None
-    label: str | None
-    called: tuple[int, ...]  # verdict indices of the tiers called, in order
-    cost_usd: float
-
-
-def route(items: Sequence[CalibrationItem], plan: Sequence[tuple[int, float]]) -> list[Routed]:
-    """Send each item down the cascade as the pipeline does: ``plan`` lists ``(verdict index,
-    threshold)`` per tier; a verdict is accepted when it has a label and confidence >= threshold,
-    otherwise the item escalates; past the last tier it goes to audit."""
-    out = []
-    for item in items:
-        called: list[int] = []
-        cost = 0.0
-        accepted_by: int | None = None
-        for index, threshold in plan:
-            verdict = item.verdicts[index]
-            called.append(index)
-            cost += verdict.cost_usd
-            if verdict.label is not None and verdict.confidence >= threshold:
-                accepted_by = index
-                break
-        label = item.verdicts[accepted_by].label if accepted_by is not None else None
-        out.append(
-            Routed(
-                item_id=item.item_id,
-                accepted_by=accepted_by,
-                label=label,
-                called=tuple(called),
-                cost_usd=cost,
-            )
-        )
-    return out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RouteSummary:
-    items: int
-    accepted: int
-    agreed: int
-    calls: Mapping[int, int]  # verdict index -> items on which that tier was called
-    cost_usd: float
-
-    @property
-    def coverage(self) -> float:
-        return self.accepted / self.items if self.items else 0.0
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreed / self.accepted if self.accepted else None
-
-    def calls_per_1000(self, index: int) -> float:
-        return 1000.0 * self.calls.get(index, 0) / self.items if self.items else 0.0
-
-
-def summarise_routes(items: Sequence[CalibrationItem], routed: Sequence[Routed]) -> RouteSummary:
-    calls: dict[int, int] = {}
-    for r in routed:
-        for index in r.called:
-            calls[index] = calls.get(index, 0) + 1
-    accepted = [(it, r) for it, r in zip(items, routed, strict=True) if r.accepted_by is not None]
-    return RouteSummary(
-        items=len(items),
-        accepted=len(accepted),
-        agreed=sum(it.human == r.label for it, r in accepted),
-        calls=calls,
-        cost_usd=sum(r.cost_usd for r in routed),
-    )
-
-
-def config_plan(
-    config: CascadeConfig, dimension: Dimension, tiers: Sequence[TierSpec]
-) -> list[tuple[int, float]]:
-    """A config's tier rules for ``dimension`` as a ``route`` plan over ``tiers`` (by judge name where
-    the rule names one, else by tier number)."""
-    spec = config.dimensions.get(dimension.value)
-    if spec is None:
-        raise CalibrationError(
-            f"the cascade config has no {dimension.value!r} dimension; it has {sorted(config.dimensions)}"
-        )
-    plan = []
-    for rule in spec.tiers:
-        matches = [
-            i for i, t in enumerate(tiers) if (t.judge == rule.judge if rule.judge else t.tier == rule.tier)
-        ]
-        if len(matches) != 1:
-            raise CalibrationError(
-                f"config tier {rule.tier} (judge {rule.judge or 'unnamed'}) matches {len(matches)} of the "
-                f"data's judges {[(t.tier, t.judge) for t in tiers]}; name the judges with --judges"
-            )
-        plan.append((matches[0], rule.threshold))
-    return plan
 
 
 # --- from tables -----------------------------------------------------------------------------------

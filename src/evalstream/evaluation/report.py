@@ -34,13 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evalstream.evaluation.calibration import (
-    CalibrationError,
-    TierSpec,
-    cascade_items,
-    route,
-)
+from evalstream.evaluation.calibration import CalibrationError, TierSpec, cascade_items
 from evalstream.evaluation.judgements import LabelledSet
+from evalstream.evaluation.routing import route
 from evalstream.evaluation.statistics import (
     DEFAULT_ALT_EPSILON,
     AltTest,

@@ -22,13 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from evalstream.evaluation.calibration import (
-    calibrate,
-    cascade_items,
-    route,
-    summarise_routes,
-    to_config,
-)
+from evalstream.evaluation.calibration import calibrate, cascade_items, to_config
 from evalstream.evaluation.datasets import XSTestRecord, read_xstest
 from evalstream.evaluation.judgements import (
     Judgement,
@@ -38,6 +32,7 @@ from evalstream.evaluation.judgements import (
     write_judgements,
 )
 from evalstream.evaluation.recorded import assign_split, build_xstest
+from evalstream.evaluation.routing import route, summarise_routes
 from evalstream.tools.replay import build_event
 from evalstream.v1 import judge_pb2
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
