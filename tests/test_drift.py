@@ -13,11 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from scipy.stats import chi2, chi2_contingency
 
 from evalstream.exporter.core import SPECS, ExporterCore
-from evalstream.exporter.drift import (
+from evalstream.exporter.drift import DriftConfig, DriftTracker, Reference
+from evalstream.exporter.drift_stats import (
     PSI_FLOOR,
-    DriftConfig,
-    DriftTracker,
-    Reference,
     chi_square_pvalue,
     compare_counts,
     compare_sketches,
