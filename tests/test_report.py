@@ -127,6 +127,44 @@ def test_small_case_every_figure_by_hand():
     assert report.to_json()["judges"][2]["coverage"] == pytest.approx(5 / 6)
 
 
+def test_cascade_plan_names_each_tier_and_what_routing_does_with_it():
+    data, cascade, *_ = small_case()
+    steps = build_report(data, PAIR, cascade, split="all", n_resamples=0).cascade_plan
+    assert [(s.judge, s.threshold, s.calls_per_1000) for s in steps] == [
+        ("rules", 0.85, 1000.0),
+        ("llm", 0.7, 500.0),
+    ]
+    # calibration certified no threshold for rules: the plan drops it and llm sees every item
+    dropped = CascadeSpec(tiers=cascade.tiers, plan=((1, 0.7),), source="rules uncertified")
+    report = build_report(data, PAIR, dropped, split="all", n_resamples=0)
+    assert [(s.judge, s.threshold, s.calls_per_1000) for s in report.cascade_plan] == [
+        ("rules", None, 0.0),
+        ("llm", 0.7, 1000.0),
+    ]
+    cascade_row = report.judges[-1]
+    assert cascade_row.calls_per_1000 == {"llm": 1000.0}
+    assert "rules (tier 0) dropped: no threshold certified" in report.notes[0]
+
+
+def test_xstest_cascade_at_alpha_0_1_calls_gpt4_on_every_item_because_string_match_is_uncertified():
+    """The figure the issue doubted ("calls per 1,000 items: gpt-4 1000" beside coverage 0.366) is
+    right: at alpha 0.1 no string-match threshold is certified, so the plan sends every item to GPT-4,
+    which accepts 36.6% and sends the rest to audit. The report now says so in its plan."""
+    result = CliRunner().invoke(
+        app, ["report", "--data", "xstest", "--json", "--bootstrap", "0", "--alpha", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    plan = {s["judge"]: s for s in report["cascade_plan"]}
+    assert plan["strmatch"]["threshold"] is None and plan["strmatch"]["calls_per_1000"] == 0.0
+    assert plan["gpt-4"]["threshold"] is not None and plan["gpt-4"]["calls_per_1000"] == 1000.0
+    cascade = report["judges"][-1]
+    assert cascade["calls_per_1000"] == {"gpt-4": 1000.0}
+    # every item reached gpt-4, so what it did not accept is exactly what went to audit
+    assert cascade["escalation_rate"] == pytest.approx(cascade["audit_rate"])
+    assert cascade["coverage"] == pytest.approx(1 - cascade["audit_rate"])
+
+
 def test_kappa_interval_is_a_seeded_bootstrap_around_the_estimate():
     truth = ["A"] * 30 + ["B"] * 30
     pred = ["A"] * 25 + ["B"] * 5 + ["B"] * 22 + ["A"] * 8

@@ -12,6 +12,11 @@ the items, the alternative annotator test.
 - Escalation rate: of the items reaching a tier, the share sent on. Audit rate: the share of all items
   the cascade did not accept (they go to humans).
 - Cost per 1,000 items: for a judge, as if it judged every item; for the cascade, what its calls cost.
+- The cascade plan (``Report.cascade_plan``, also the first note): each judge of the cascade with its
+  threshold and the items it is called on per 1,000, or "dropped" where calibration certified no
+  threshold for it at the target: then the items go straight to the next tier, which is why a strong
+  judge can be called on every item while the cascade's coverage is low (XSTest at alpha 0.1: string
+  match is dropped, GPT-4 sees all items and accepts 36.6% of them).
 - The alternative annotator test (Calderon, Reichart and Dror, 2025, "The Alternative Annotator Test
   for LLM-as-a-Judge: How to Statistically Justify Replacing Human Annotators with LLMs"): leave each
   human annotator out in turn; per item, does the judge or the left-out annotator agree better with the
@@ -51,6 +56,7 @@ from evalstream.wire.dimensions import Dimension
 __all__ = [
     "CascadeSpec",
     "JudgeReport",
+    "PlanStep",
     "Report",
     "build_report",
 ]
@@ -81,6 +87,23 @@ class JudgeReport:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStep:
+    """One judge of the cascade as it routes: its threshold, or ``None`` where calibration certified
+    no threshold and the tier was dropped (the items go straight to the next tier)."""
+
+    judge: str
+    tier: int
+    threshold: float | None
+    calls_per_1000: float  # items on which this tier is called, per 1,000 items (0 when dropped)
+
+    def describe(self) -> str:
+        if self.threshold is None:
+            return f"{self.judge} (tier {self.tier}) dropped: no threshold certified, never called"
+        at = "accepts nothing (audit)" if math.isinf(self.threshold) else f"threshold {self.threshold:.3f}"
+        return f"{self.judge} (tier {self.tier}) {at}, called on {self.calls_per_1000:.0f} per 1,000 items"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CascadeSpec:
     """The cascade to report: its judges (cheapest first), the route plan and where it came from."""
 
@@ -99,6 +122,8 @@ class Report:
     cascade_source: str
     judges: tuple[JudgeReport, ...]
     notes: tuple[str, ...]
+    #: the cascade's judges in order, with what routing does with each (empty without a cascade)
+    cascade_plan: tuple[PlanStep, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         def convert(value: Any) -> Any:
@@ -199,6 +224,7 @@ def build_report(
     cascade_calls: dict[str, float] = {}
     escalation: dict[str, float] = {}
     cascade_row: JudgeReport | None = None
+    plan_steps: list[PlanStep] = []
     if cascade is not None:
         if progress is not None:
             progress("cascade")
@@ -228,6 +254,16 @@ def build_report(
             calls_per_1000=cascade_calls,
             positions=(),
         )
+        thresholds = dict(cascade.plan)
+        for index, spec in enumerate(cascade.tiers):
+            plan_steps.append(
+                PlanStep(
+                    judge=spec.judge,
+                    tier=spec.tier,
+                    threshold=thresholds.get(index),
+                    calls_per_1000=cascade_calls.get(spec.judge, 0.0),
+                )
+            )
     for judge in data.judges:
         verdicts = data.verdicts(dimension, judge)
         if not verdicts:
@@ -259,6 +295,8 @@ def build_report(
     if cascade_row is not None:
         rows.append(cascade_row)
     notes = list(data.notes)
+    if plan_steps:
+        notes.insert(0, "cascade plan: " + "; ".join(step.describe() for step in plan_steps))
     if alt_humans and len(alt_humans) < 3:
         notes.append(
             f"alternative annotator test with {len(alt_humans)} annotators "
@@ -274,4 +312,5 @@ def build_report(
         cascade_source=cascade.source if cascade is not None else "none",
         judges=tuple(rows),
         notes=tuple(notes),
+        cascade_plan=tuple(plan_steps),
     )
