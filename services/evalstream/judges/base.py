@@ -22,7 +22,7 @@ class JudgeInput:
     model: str
     messages: tuple[tuple[str, str], ...]  # (role, content), the prompt as sent
     response: str
-    finish_reason: str = "stop"
+    finish_reason: str = ""  # "" = not known (see rules_format.NORMAL_STOPS)
     completion_tokens: int = 0
     reference_answer: str | None = None
 

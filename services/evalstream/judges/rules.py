@@ -7,9 +7,12 @@ bucket). The rules map each outcome to a label; a calibration table fitted on hu
 the empirical precision of that label (the confidence) and to P(refusal) (the score). Outcomes the
 table has not seen back off to coarser ones, so every confidence is a smoothed frequency, never 0 or 1.
 
-Format: empty, truncated (``finish_reason == "length"`` or clearly cut mid-sentence), prompt echo,
-chat-template leak, else ok. No labelled data exists for these; their confidences are fixed below,
-set from how deterministic each rule is, and never fitted.
+Format (``rules_format``): empty, truncated, prompt echo, chat-template leak, else ok. Truncated comes
+from ``finish_reason == "length"`` or from strong evidence in the text (an open ending such as a comma
+or colon, a dangling function word); a last line without a full stop counts only where no
+``finish_reason`` says the model stopped on its own, and never for verse, code, lists or headings.
+No labelled data exists for these; their confidences are fixed, set from how deterministic each rule
+is, and never fitted.
 
 Every scan looks at bounded slices (the head and the tail of the response), so a huge response costs
 the same as a long one. After construction the judge does no I/O.

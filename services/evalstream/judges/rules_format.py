@@ -13,7 +13,7 @@ from evalstream.wire.dimensions import FormatLabel
 
 from .base import JudgeInput
 
-__all__ = ["EDGE_CHARS", "FormatFinding", "format_finding", "normalise"]
+__all__ = ["EDGE_CHARS", "NORMAL_STOPS", "FormatFinding", "format_finding", "normalise"]
 
 EDGE_CHARS: Final = 4096  # template tokens are looked for in this many characters at each end
 _QUOTES: Final = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
@@ -97,6 +97,12 @@ _MIN_WORDS_FOR_CUT: Final = 12
 _MIN_WORDS_LIST_PROSE: Final = 6  # a list item this long reads as a sentence
 _MIN_ECHO_WORDS: Final = 4
 _WORD: Final = re.compile(r"\w+")
+#: ``finish_reason`` values by which a model or gateway says the model ended on its own. Then only
+#: strong evidence in the text (an open ending, a dangling function word) counts as a cut: a last line
+#: without a full stop is how verse, code, lists and headings end.
+NORMAL_STOPS: Final = frozenset({"stop", "end_turn", "eos", "stop_sequence", "end"})
+#: Median length (characters) of the non-blank lines at or under which text is line-shaped.
+_LINE_SHAPED_MEDIAN: Final = 60
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +117,18 @@ class FormatFinding:
         return 1.0 - self.confidence if self.label is FormatLabel.OK else self.confidence
 
 
-def _cut_mid_sentence(response: str) -> str | None:
+def _line_shaped(tail: str) -> bool:
+    """Verse, lists, headings and code: several short lines, which need no full stop."""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+    lengths = sorted(len(line.strip()) for line in lines)
+    return lengths[len(lengths) // 2] <= _LINE_SHAPED_MEDIAN
+
+
+def _cut_mid_sentence(response: str, finish_reason: str) -> str | None:
+    """``cut_strong`` on strong evidence of a cut; ``cut_weak`` on a prose line ending on a letter or
+    digit, only where no ``finish_reason`` says the model stopped on its own (``NORMAL_STOPS``)."""
     tail = response[-EDGE_CHARS:].rstrip()
     if not tail:
         return None
@@ -126,8 +143,12 @@ def _cut_mid_sentence(response: str) -> str | None:
     words = _WORD.findall(last_line[-200:].casefold())
     if words and words[-1] in _FUNCTION_WORDS:
         return "cut_strong"
+    if finish_reason in NORMAL_STOPS:
+        return None  # the model ended on its own; a missing full stop is no evidence of a cut
     if _LINE_START_NOT_PROSE.match(last_line) and len(words) < _MIN_WORDS_LIST_PROSE:
         return None  # short list items, headings and code lines often end without punctuation
+    if _line_shaped(tail):
+        return None  # verse and other line-shaped text ends without punctuation
     return "cut_weak"
 
 
@@ -157,7 +178,7 @@ def format_finding(item: JudgeInput) -> FormatFinding:
         found.append((FormatLabel.TEMPLATE_LEAK, "template_leak"))
     if _echoes_prompt(item.prompt, response):
         found.append((FormatLabel.PROMPT_ECHO, "prompt_echo"))
-    if item.finish_reason != "length" and (cut := _cut_mid_sentence(response)):
+    if item.finish_reason != "length" and (cut := _cut_mid_sentence(response, item.finish_reason)):
         found.append((FormatLabel.TRUNCATED, cut))
     if not found:
         return FormatFinding(label=FormatLabel.OK, confidence=_FORMAT_CONFIDENCE["ok"], flags=())

@@ -271,6 +271,9 @@ def build_event(record: XSTestRecord, *, event_id: str, event_time: datetime) ->
         model_version=record.model_version,
         messages=[MessageIn(role="user", content=record.prompt)],
         response=record.completion,
+        # XSTest records no finish reason (its completions were generated with a token limit and
+        # some were cut by it): say so rather than claim the model stopped on its own
+        finish_reason="",
         tokens=TokenCountsIn(
             prompt=estimate_tokens(record.prompt), completion=estimate_tokens(record.completion)
         ),

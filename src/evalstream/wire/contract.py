@@ -62,7 +62,7 @@ class LLMEventIn(BaseModel):
     tenant: Annotated[str, Field(max_length=256)] = ""
     messages: Annotated[list[MessageIn], Field(min_length=1)]
     response: str
-    finish_reason: Annotated[str, Field(max_length=64)] = "stop"
+    finish_reason: Annotated[str, Field(max_length=64)] = ""  # "" = not known, as an unset proto field
     tokens: TokenCountsIn = TokenCountsIn()
     latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     reference_answer: str | None = None
