@@ -114,6 +114,7 @@ def start_observed_stack(
         "--lag-interval", "1",
         "--pipeline-group", f"pipe-{unique}",
         "--events-topic", t.events,
+        "--cascade-config", str(cascade_file),
     ]  # fmt: skip
     exporter = ChildProcess(
         name="exporter",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from evalstream.evaluation.statistics import kappa_with_ci
@@ -21,10 +22,12 @@ from evalstream.exporter.agreement import (
     scores,
 )
 from evalstream.exporter.core import SPECS, ExporterCore, Outcome, Stream
+from evalstream.exporter.guarantee import GuaranteeTarget, agreement_lower_bound
 from evalstream.exporter.totals import Totals
 from evalstream.tools.labels import XSTEST_ANNOTATORS, read_label_file, xstest_labels
 from evalstream.tools.replay import event_id_for
 from evalstream.v1 import verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 from evalstream.wire.labels import HumanLabelIn, LabelRecordError, decode_label, encode_label
 
 WHEN = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -289,3 +292,96 @@ def test_core_reads_label_records_and_a_restart_neither_loses_nor_repeats_a_pair
         )
         == 30
     )
+
+
+# --- the guarantee monitor -------------------------------------------------------------------------
+
+
+def _config(*, alpha=0.1, delta=0.1, format_calibrated=False) -> CascadeConfig:
+    refusal = DimensionCascade(
+        tiers=[
+            TierRule(tier=0, threshold=0.9, calibrated_agreement=0.97),
+            TierRule(tier=2, threshold=0.8, calibrated_agreement=0.93),
+        ]
+    )
+    fmt = DimensionCascade(
+        tiers=[TierRule(tier=0, threshold=0.0, calibrated_agreement=0.99 if format_calibrated else None)]
+    )
+    return CascadeConfig(
+        version="test-1", alpha=alpha, delta=delta, dimensions={"refusal": refusal, "format": fmt}
+    )
+
+
+def test_guarantee_lower_bound_is_the_exact_one_sided_clopper_pearson_bound():
+    for matches, pairs, delta in ((470, 500, 0.1), (45, 50, 0.05), (50, 50, 0.1), (0, 10, 0.1)):
+        exact = binomtest(matches, pairs, alternative="greater").proportion_ci(
+            confidence_level=1 - delta, method="exact"
+        )
+        assert agreement_lower_bound(matches, pairs, delta) == pytest.approx(exact.low, abs=1e-9)
+    with pytest.raises(ValueError, match="matches <= pairs"):
+        agreement_lower_bound(5, 4, 0.1)
+
+
+def test_guarantee_series_follow_the_config_and_the_accepted_labelled_verdicts():
+    totals = Totals(SPECS)
+    guarantee = GuaranteeTarget.from_config(_config())
+    t = AgreementTracker(
+        AgreementConfig(resamples=50, window=200), totals, lambda _name, raw: raw, guarantee=guarantee
+    )
+    got = totals.values
+    assert got["evalstream_guarantee_calibrated"] == {("refusal",): 1.0, ("format",): 0.0}
+    assert got["evalstream_guarantee_target"] == {("refusal",): pytest.approx(0.9)}
+    assert got["evalstream_guarantee_tier_calibrated_agreement"] == {
+        ("refusal", "0"): 0.97,
+        ("refusal", "2"): 0.93,
+    }
+    # 300 accepted verdicts, 240 of them agreeing; 100 audited ones (all wrong) are not scored
+    for i in range(300):
+        t.add_verdict(f"e{i}", dims("full_refusal", tier="0"), float(i))
+        t.add_label(label(f"e{i}", "full_refusal" if i % 5 else "full_compliance"), float(i))
+    for i in range(300, 400):
+        t.add_verdict(f"e{i}", dims("full_refusal", tier="2", audited=True), float(i))
+        t.add_label(label(f"e{i}", "full_compliance"), float(i))
+    t.publish()
+    humans = ["full_refusal" if i % 5 else "full_compliance" for i in range(100, 300)]  # the window
+    matches = sum(h == "full_refusal" for h in humans)
+    bound = got["evalstream_guarantee_agreement_lower_bound"][("refusal",)]
+    assert bound == pytest.approx(agreement_lower_bound(matches, 200, 0.1))
+    assert bound < 0.9  # 80% agreement: the promise of 90% is not held
+    assert ("format",) not in got["evalstream_guarantee_agreement_lower_bound"]  # uncalibrated
+
+
+def test_guarantee_series_are_replaced_when_the_config_changes_across_a_restart():
+    registry = CollectorRegistry()
+    core = ExporterCore(
+        registry,
+        agreement=AgreementConfig(resamples=50),
+        guarantee=GuaranteeTarget.from_config(_config(alpha=0.1)),
+    )
+    for i in range(60):
+        core.apply_bytes(Stream.VERDICTS, _verdict(f"e{i}", "full_refusal").SerializeToString(), 1_000 + i)
+        core.apply_bytes(Stream.LABELS, encode_label(label(f"e{i}", "full_refusal")), 2_000 + i)
+    core.publish()
+    before = registry.get_sample_value("evalstream_guarantee_agreement_lower_bound", {"dimension": "refusal"})
+    assert before == pytest.approx(agreement_lower_bound(60, 60, 0.1))
+    saved = json.loads(json.dumps(core.state()))
+    # restarted with a recalibrated config: looser alpha, format now calibrated, tighter delta
+    registry2 = CollectorRegistry()
+    again = ExporterCore(
+        registry2,
+        state=saved,
+        agreement=AgreementConfig(resamples=50),
+        guarantee=GuaranteeTarget.from_config(_config(alpha=0.2, delta=0.01, format_calibrated=True)),
+    )
+    again.publish()
+    value = registry2.get_sample_value
+    assert value("evalstream_guarantee_target", {"dimension": "refusal"}) == pytest.approx(0.8)
+    assert value("evalstream_guarantee_calibrated", {"dimension": "format"}) == 1.0
+    assert value("evalstream_guarantee_agreement_lower_bound", {"dimension": "refusal"}) == pytest.approx(
+        agreement_lower_bound(60, 60, 0.01)
+    )
+    # and without a config, no guarantee series at all
+    registry3 = CollectorRegistry()
+    ExporterCore(registry3, state=saved, agreement=AgreementConfig(resamples=50)).publish()
+    samples = [line for line in generate_latest(registry3).decode().splitlines() if not line.startswith("#")]
+    assert [line for line in samples if line.startswith("evalstream_guarantee")] == []

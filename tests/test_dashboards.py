@@ -74,6 +74,18 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
         for title in ("Cohen's kappa vs human labels (95% CI)", "Accuracy vs human labels (95% CI)")
         for ref in "ABC"
     },
+    **{
+        ("evalstream-judge-trust", title, ref): (
+            "the guarantee needs a calibrated cascade config (alpha, calibrated agreements) and human "
+            "labels; this run's cascade is hand-set and publishes no labels. tests/test_agreement.py "
+            "checks these series, deploy/prometheus/tests/guarantee.yml the alerts on them"
+        )
+        for title, refs in (
+            ("Promised vs shown agreement with humans", "AB"),
+            ("Tiers: live accuracy vs calibrated", "AB"),
+        )
+        for ref in refs
+    },
 }
 
 #: What Grafana puts in for its own variables in this test: ``$__rate_interval`` is what it computes

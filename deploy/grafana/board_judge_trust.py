@@ -55,6 +55,45 @@ JUDGE_TRUST = DashboardSpec(
             ),
         ),
         RowSpec(
+            title="The cascade's guarantee on production traffic",
+            panels=(
+                ts(
+                    "Promised vs shown agreement with humans",
+                    "What the cascade config promises for accepted verdicts (1 - alpha) and the exact "
+                    "lower bound (confidence 1 - delta) of the agreement labelled production verdicts "
+                    "show. Below the promise on enough labels: EvalstreamGuaranteeNotHeld, recalibrate.",
+                    t("evalstream_guarantee_target", "{{dimension}} promised (1 - alpha)"),
+                    t("evalstream_guarantee_agreement_lower_bound", "{{dimension}} shown (lower bound)"),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                ),
+                ts(
+                    "Tiers: live accuracy vs calibrated",
+                    "Each tier's accuracy against human labels now, beside what it reached on its "
+                    "calibration split. Confidently below: EvalstreamJudgeTierAgreementDrift.",
+                    t(
+                        'evalstream_judge_agreement_accuracy{tier!="all"}',
+                        "{{dimension}} tier {{tier}} live",
+                    ),
+                    t(
+                        "evalstream_guarantee_tier_calibrated_agreement",
+                        "{{dimension}} tier {{tier}} calibrated",
+                    ),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                ),
+                stat(
+                    "Dimensions without human calibration",
+                    "Dimensions whose cascade thresholds were not fitted on human labels (e.g. format "
+                    "under the default cascade): their confidences promise nothing. Listed by "
+                    "evalstream_guarantee_calibrated == 0.",
+                    "count(evalstream_guarantee_calibrated == 0) or vector(0)",
+                ),
+            ),
+        ),
+        RowSpec(
             title="Human audit queue",
             panels=(
                 stat(

@@ -50,6 +50,14 @@ from evalstream.evaluation.statistics import kappa_with_ci
 from evalstream.wire.dimensions import Dimension
 from evalstream.wire.labels import HumanLabelIn
 
+from .guarantee import (
+    CALIBRATED,
+    LOWER_BOUND,
+    TARGET,
+    TIER_CALIBRATED_AGREEMENT,
+    GuaranteeTarget,
+    agreement_lower_bound,
+)
 from .labels import LabelName
 from .totals import Kind, MetricSpec, Totals
 
@@ -203,7 +211,8 @@ Label = Callable[[LabelName, str], str]
 class AgreementTracker:
     """The join and the scores; counters and gauges are written into ``totals``.
 
-    ``label`` maps a raw value to its value under the exporter's label budget.
+    ``label`` maps a raw value to its value under the exporter's label budget. ``guarantee`` (from the
+    loaded cascade config) turns on the guarantee monitor's series (``guarantee``).
     """
 
     def __init__(
@@ -212,10 +221,13 @@ class AgreementTracker:
         totals: Totals,
         label: Label,
         state: Mapping[str, Any] | None = None,
+        guarantee: GuaranteeTarget | None = None,
     ) -> None:
         self._config = config
         self._totals = totals
         self._label = label
+        self._guarantee = guarantee
+        self._targets: dict[str, float] = {}  # dimension label value -> 1 - alpha
         self._verdicts: OrderedDict[str, _Waiting] = OrderedDict()
         self._labels: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
         self._windows: dict[tuple[str, str], deque[tuple[str, str]]] = {}
@@ -224,6 +236,29 @@ class AgreementTracker:
         self._dirty: set[tuple[str, str]] = set()
         if state is not None:
             self._restore(state)
+        self._set_guarantee()
+
+    def _set_guarantee(self) -> None:
+        """The config's promises as gauges (replacing any restored with the totals: the config may
+        have changed across the restart); every calibrated dimension's bound is recomputed."""
+        values = self._totals.values
+        for name in (CALIBRATED, TARGET, LOWER_BOUND, TIER_CALIBRATED_AGREEMENT):
+            values[name].clear()
+        g = self._guarantee
+        if g is None:
+            return
+
+        def dimension(raw: str) -> str:
+            return self._label(LabelName.DIMENSION, raw)
+
+        for raw, calibrated in g.calibrated.items():
+            values[CALIBRATED][(dimension(raw),)] = float(calibrated)
+        for raw, target in g.targets.items():
+            self._targets[dimension(raw)] = target
+            values[TARGET][(dimension(raw),)] = target
+        for (raw, tier), agreement in g.tier_agreement.items():
+            values[TIER_CALIBRATED_AGREEMENT][(dimension(raw), self._label(LabelName.TIER, tier))] = agreement
+        self._dirty.update(key for key in self._windows if key[1] == ALL_TIERS)
 
     # --- the join -----------------------------------------------------------------------------------
 
@@ -329,6 +364,12 @@ class AgreementTracker:
             for name, value in ((KAPPA, s.kappa), (KAPPA_LOW, s.kappa_low), (KAPPA_HIGH, s.kappa_high)):
                 if value is not None:
                     values[name][key] = value
+            dimension, tier = key
+            if tier == ALL_TIERS and dimension in self._targets and self._guarantee is not None:
+                matches = sum(human == judge for human, judge in window)
+                values[LOWER_BOUND][(dimension,)] = agreement_lower_bound(
+                    matches, len(window), self._guarantee.delta
+                )
         self._dirty.clear()
 
     # --- state --------------------------------------------------------------------------------------

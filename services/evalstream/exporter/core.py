@@ -43,6 +43,7 @@ from evalstream.wire.labels import LabelRecordError, decode_label
 
 from . import agreement as agreement_
 from . import drift as drift_
+from . import guarantee as guarantee_
 from .agreement import AgreementConfig, AgreementTracker, VerdictDimension
 from .drift import DriftConfig, DriftTracker
 from .labels import LabelBudget, LabelFolder, LabelName
@@ -165,6 +166,7 @@ SPECS: Final = (
     ),
     *drift_.SPECS,
     *agreement_.SPECS,
+    *guarantee_.SPECS,
 )
 
 
@@ -186,9 +188,11 @@ class ExporterCore:
         state: Mapping[str, Any] | None = None,
         drift: DriftConfig | None = None,
         agreement: AgreementConfig | None = None,
+        guarantee: guarantee_.GuaranteeTarget | None = None,
     ) -> None:
         """``state`` is what ``state()`` returned before a restart (totals, admitted labels, drift
-        windows and the agreement join; states saved before drift and agreement existed lack those)."""
+        windows and the agreement join; states saved before drift and agreement existed lack those).
+        ``guarantee``: what the loaded cascade config promises (the guarantee monitor's series)."""
         budget = budget or LabelBudget()
         if state is None:
             self.totals = Totals(SPECS)
@@ -204,7 +208,11 @@ class ExporterCore:
             self.totals.values[LAST_RECORD].setdefault((stream.value,), 0.0)
         self.drift = DriftTracker(drift or DriftConfig(), self.totals, (state or {}).get("drift"))
         self.agreement = AgreementTracker(
-            agreement or AgreementConfig(), self.totals, self._label, (state or {}).get("agreement")
+            agreement or AgreementConfig(),
+            self.totals,
+            self._label,
+            (state or {}).get("agreement"),
+            guarantee=guarantee,
         )
 
     # --- labels ---------------------------------------------------------------------------------

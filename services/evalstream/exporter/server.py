@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
@@ -175,6 +176,7 @@ class Exporter:
             state=plan.core,
             drift=s.drift_config(),
             agreement=s.agreement_config(),
+            guarantee=s.guarantee(),
         )
         self.core.publish()  # restored totals were saved and committed before: safe to serve
         self.metrics.series.set(self.core.collector.published.series_count())
@@ -345,6 +347,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], str | None]:
     parser.add_argument("--labels-topic", help="human labels for judge agreement ('' to skip)")
     parser.add_argument("--truth-annotator", dest="agreement_truth_annotator", help="whose labels count")
     parser.add_argument("--agreement-ttl", dest="agreement_ttl_s", type=float, help="seconds a side waits")
+    parser.add_argument(
+        "--cascade-config", type=Path, help="the pipeline's cascade config, for the guarantee monitor"
+    )
     parser.add_argument("--drift-reference", choices=["trailing", "pinned"], help="drift reference window")
     parser.add_argument("--drift-current", dest="drift_current_s", type=int, help="current window, seconds")
     parser.add_argument("--drift-bucket", dest="drift_bucket_s", type=int, help="its buckets, seconds")

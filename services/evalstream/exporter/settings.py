@@ -43,6 +43,9 @@ the default. Kafka itself is reached through ``evalstream.runtime.settings.Kafka
 ``EVALSTREAM_EXPORTER_AGREEMENT_MAX_PENDING`` most waiting verdicts, and labels (20000 each)
 ``EVALSTREAM_EXPORTER_AGREEMENT_WINDOW`` pairs the accuracy and kappa gauges are computed on (500)
 ``EVALSTREAM_EXPORTER_AGREEMENT_RESAMPLES`` bootstrap resamples of the kappa interval (1000)
+``EVALSTREAM_EXPORTER_CASCADE_CONFIG``   the cascade config the pipeline runs (YAML): its alpha, delta
+                                         and calibrated agreements are what the guarantee monitor
+                                         tests (``guarantee.py``); unset: no guarantee series
 =======================================  ==========================================================
 """
 
@@ -55,9 +58,11 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.wire import topics
+from evalstream.wire.cascade_config import CascadeConfig
 
 from .agreement import AgreementConfig
 from .drift import DriftConfig, Reference
+from .guarantee import GuaranteeTarget
 from .labels import LabelBudget, LabelName
 
 __all__ = ["ENV_PREFIX", "ExporterSettings"]
@@ -102,6 +107,8 @@ class ExporterSettings(BaseSettings):
     agreement_max_pending: int = 20_000
     agreement_window: int = 500
     agreement_resamples: int = 1000
+    #: The cascade config the pipeline runs; the guarantee monitor tests its promises. None: off.
+    cascade_config: Path | None = None
 
     @field_validator("label_caps", "label_allow", mode="before")
     @classmethod
@@ -117,6 +124,7 @@ class ExporterSettings(BaseSettings):
     def _windows(self) -> ExporterSettings:
         self.drift_config()  # ValueError (a validation error) naming what does not fit
         self.agreement_config()
+        self.guarantee()  # the cascade config must load, or the exporter does not start
         return self
 
     def drift_config(self) -> DriftConfig:
@@ -139,6 +147,12 @@ class ExporterSettings(BaseSettings):
             window=self.agreement_window,
             resamples=self.agreement_resamples,
         )
+
+    def guarantee(self) -> GuaranteeTarget | None:
+        """What the cascade config promises; ValueError naming the file when it cannot be read."""
+        if self.cascade_config is None:
+            return None
+        return GuaranteeTarget.from_config(CascadeConfig.load(self.cascade_config))
 
     def budget(self) -> LabelBudget:
         base = LabelBudget()

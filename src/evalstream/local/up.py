@@ -127,6 +127,8 @@ class Stack:
                 "0",
                 "--state-file",
                 str(opts.state_dir / "exporter" / "state.json"),
+                "--cascade-config",
+                str(cascade),
             ),
             r"evalstream-exporter metrics on http://(\S+)/metrics",
         )
