@@ -53,47 +53,85 @@ app.command("report")(report_command)
 @app.command("collect")
 def _collect(
     judges: str = typer.Option(..., help="Judge targets per tier, e.g. 0=127.0.0.1:50051,1=...,2=..."),
+    data: str = typer.Option(
+        "xstest", help="xstest (../shared/data), or a labelled-items .jsonl file (docs/calibration.md)."
+    ),
     out_dir: Path = typer.Option(Path(".evalstream/calibration"), help="Where the tables and config go."),
     alpha: float = typer.Option(0.15, help="Allowed disagreement with humans: agreement >= 1 - alpha."),
     delta: float = typer.Option(0.1, help="Allowed probability that the guarantee fails."),
     seed: int = typer.Option(0, help="Seed of the calibration/test halves."),
+    truth_annotator: str | None = typer.Option(
+        None, help="Whose labels are the truth (default: adjudicated for xstest, else the only one)."
+    ),
     deadline_s: float = typer.Option(60.0, help="Deadline per judge call, retries included."),
 ) -> None:
-    """Ask the running judge tiers about every XSTest item, then calibrate the cascade on their answers."""
+    """Ask the running judge tiers about every labelled item, then calibrate the cascade on their answers."""
     from rich.progress import Progress
 
+    from evalstream.evaluation.judgements import TableError
+    from evalstream.evaluation.labelled_items import (
+        read_labelled_items,
+        to_labelled_set,
+        write_labelled_items,
+    )
     from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
     from evalstream.pipeline.settings import parse_endpoints
-    from evalstream.tools.collect import calibrate_live, collect_xstest, write_tables
+    from evalstream.tools.collect import (
+        LIVE_SOURCE,
+        calibrate_live,
+        collect_items,
+        write_tables,
+        xstest_items,
+    )
 
+    try:
+        items = xstest_items(seed=seed) if data == "xstest" else read_labelled_items(Path(data))
+    except TableError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data") from exc
+    name = "xstest-live" if data == "xstest" else f"{Path(data).stem}-live"
     endpoints = parse_endpoints(judges)
     policy = RetryPolicy(deadline_s=deadline_s, attempt_timeout_s=deadline_s)
     clients = {tier: JudgeClient(target, tier=tier, policy=policy) for tier, target in endpoints.items()}
     try:
         with Progress() as bar:
             task = bar.add_task("collecting judgements", total=None)
-            data = collect_xstest(
+            judged = collect_items(
+                items,
                 sorted(endpoints),
                 lambda tier, request: clients[tier].judge(request),
-                seed=seed,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     finally:
         for client in clients.values():
             client.close()
-    judgements, humans = write_tables(data, out_dir)
-    result = calibrate_live(data, alpha=alpha, delta=delta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items_path = out_dir / "items.jsonl"
+    write_labelled_items(items_path, judged)
+    try:
+        labelled = to_labelled_set(
+            judged,
+            name=name,
+            seed=seed,
+            truth_annotator=truth_annotator or ("adjudicated" if data == "xstest" else None),
+            confidence_source=LIVE_SOURCE,
+        )
+    except TableError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--truth-annotator") from exc
+    judgements, humans = write_tables(labelled, out_dir)
+    result = calibrate_live(labelled, alpha=alpha, delta=delta)
     config_path = out_dir / "cascade.yaml"
     result.config.dump(config_path)
-    typer.echo(f"wrote {judgements}, {humans}")
+    typer.echo(f"wrote {items_path} (the items with the tiers' judgements), {judgements}, {humans}")
     for dim, cascade in result.config.dimensions.items():
         rules = ", ".join(f"tier {t.tier} >= {t.threshold:.3g}" for t in cascade.tiers)
         typer.echo(f"{dim}: {rules}")
-    agreement = "n/a" if result.test_agreement is None else f"{result.test_agreement:.3f}"
-    typer.echo(
-        f"held-out: {result.test_items} items, coverage {result.test_coverage:.3f}, agreement {agreement} "
-        f"(target >= {1 - alpha:.3f}), strong-tier calls per 1,000: {result.strong_calls_per_1000:.0f}"
-    )
+    for dim, held in result.held_out.items():
+        agreement = "n/a" if held.agreement is None else f"{held.agreement:.3f}"
+        typer.echo(
+            f"held-out {dim.value}: {held.items} items, coverage {held.coverage:.3f}, agreement "
+            f"{agreement} (target >= {1 - alpha:.3f}), strong-tier calls per 1,000: "
+            f"{held.strong_calls_per_1000:.0f}"
+        )
     typer.echo(f"wrote {config_path} (version {result.config.version})")
 
 

@@ -40,7 +40,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def calibrate_command(
     data: str | None = typer.Option(
-        None, "--data", help="A recorded labelled set: xstest, llmbar or judgebench (../shared/data)."
+        None,
+        "--data",
+        help="xstest, llmbar or judgebench (../shared/data), or a labelled-items .jsonl file "
+        "with recorded judgements (docs/calibration.md).",
     ),
     judgements: Path | None = typer.Option(None, help="Judgement table (JSONL) instead of --data."),
     humans: Path | None = typer.Option(None, help="Human-label table (JSONL), with --judgements."),

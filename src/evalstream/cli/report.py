@@ -121,7 +121,10 @@ def _resolve_split(data: LabelledSet, split: str | None) -> tuple[LabelledSet, s
 
 def report_command(
     data: str | None = typer.Option(
-        None, "--data", help="A recorded labelled set: xstest, llmbar or judgebench (../shared/data)."
+        None,
+        "--data",
+        help="xstest, llmbar or judgebench (../shared/data), or a labelled-items .jsonl file "
+        "with recorded judgements (docs/calibration.md).",
     ),
     judgements: Path | None = typer.Option(None, help="Judgement table (JSONL) instead of --data."),
     humans: Path | None = typer.Option(None, help="Human-label table (JSONL), with --judgements."),

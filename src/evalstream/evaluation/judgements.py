@@ -30,6 +30,7 @@ and what arrived.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,10 +46,13 @@ from evalstream.wire.jsonl import explain, json_objects
 
 __all__ = [
     "HumanLabel",
+    "HumanLabelRowIn",
     "Judgement",
+    "JudgementIn",
     "LabelledSet",
     "Split",
     "TableError",
+    "assign_split",
     "choose_truth_annotator",
     "read_human_labels",
     "read_judgements",
@@ -67,6 +71,16 @@ class Split(StrEnum):
     FIT = "fit"  # used to derive confidences for judges that report none (never for thresholds)
     CALIBRATION = "calibration"  # used to choose thresholds
     TEST = "test"  # held out: never seen by calibration
+
+
+def assign_split(group: str, *, seed: int, fractions: tuple[float, float, float]) -> Split:
+    """A deterministic split for ``group`` (a salted SHA-256 as a number in [0, 1))."""
+    digest = hashlib.sha256(f"evalstream-split:{seed}:{group}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    fit, calibration, _ = fractions
+    if u < fit:
+        return Split.FIT
+    return Split.CALIBRATION if u < fit + calibration else Split.TEST
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,10 +120,11 @@ def _check_label(dimension: Dimension, label: str | None, what: str) -> None:
         )
 
 
-class _JudgementRow(BaseModel):
+class JudgementIn(BaseModel):
+    """One judge's verdict on one dimension, as a row carries it (without the item it is about)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_id: _Name
     dimension: Dimension
     tier: Annotated[int, Field(ge=0, le=9)]
     judge: _Name
@@ -121,25 +136,53 @@ class _JudgementRow(BaseModel):
     position_labels: list[str | None] = []
 
     @model_validator(mode="after")
-    def _labels(self) -> _JudgementRow:
+    def _labels(self) -> JudgementIn:
         _check_label(self.dimension, self.label, "label")
         for position in self.position_labels:
             _check_label(self.dimension, position, "position label")
         return self
 
+    def on(self, item_id: str) -> Judgement:
+        return Judgement(
+            item_id=item_id,
+            dimension=self.dimension,
+            tier=self.tier,
+            judge=self.judge,
+            label=self.label,
+            confidence=self.confidence,
+            cost_usd=self.cost_usd,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            position_labels=tuple(self.position_labels),
+        )
 
-class _HumanRow(BaseModel):
+
+class _JudgementRow(JudgementIn):
+    item_id: _Name
+
+
+class HumanLabelRowIn(BaseModel):
+    """One annotator's label on one dimension, as a row carries it (without the item it is about)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item_id: _Name
     dimension: Dimension
     label: str
     annotator: _Name
 
     @model_validator(mode="after")
-    def _labels(self) -> _HumanRow:
+    def _labels(self) -> HumanLabelRowIn:
         _check_label(self.dimension, self.label, "label")
         return self
+
+    def on(self, item_id: str) -> HumanLabel:
+        return HumanLabel(
+            item_id=item_id, dimension=self.dimension, label=self.label, annotator=self.annotator
+        )
+
+
+class _HumanRow(HumanLabelRowIn):
+    item_id: _Name
 
 
 def read_judgements(path: Path) -> list[Judgement]:
@@ -162,20 +205,7 @@ def read_judgements(path: Path) -> list[Judgement]:
                 f"{row.dimension.value} at line {seen[key]}; keep one verdict per judge, item and dimension"
             )
         seen[key] = number
-        out.append(
-            Judgement(
-                item_id=row.item_id,
-                dimension=row.dimension,
-                tier=row.tier,
-                judge=row.judge,
-                label=row.label,
-                confidence=row.confidence,
-                cost_usd=row.cost_usd,
-                input_tokens=row.input_tokens,
-                output_tokens=row.output_tokens,
-                position_labels=tuple(row.position_labels),
-            )
-        )
+        out.append(row.on(row.item_id))
     if not out:
         raise TableError(f"{path}: the judgement table is empty")
     return out
@@ -200,9 +230,7 @@ def read_human_labels(path: Path) -> list[HumanLabel]:
                 f"{row.dimension.value} at line {seen[key]}; keep one label per annotator, item and dimension"
             )
         seen[key] = number
-        out.append(
-            HumanLabel(item_id=row.item_id, dimension=row.dimension, label=row.label, annotator=row.annotator)
-        )
+        out.append(row.on(row.item_id))
     if not out:
         raise TableError(f"{path}: the human-label table is empty")
     return out

@@ -22,16 +22,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from evalstream.evaluation.calibration import calibrate, cascade_items, to_config
+from evalstream.evaluation.calibration import CalibrationError, calibrate, cascade_items, to_config
 from evalstream.evaluation.datasets import XSTestRecord, read_xstest
 from evalstream.evaluation.judgements import (
-    Judgement,
+    HumanLabelRowIn,
+    JudgementIn,
     LabelledSet,
     Split,
+    assign_split,
     write_human_labels,
     write_judgements,
 )
-from evalstream.evaluation.recorded import assign_split, build_xstest
+from evalstream.evaluation.labelled_items import LabelledItemIn, to_event, to_labelled_set
 from evalstream.evaluation.routing import route, summarise_routes
 from evalstream.tools.replay import build_event
 from evalstream.v1 import judge_pb2
@@ -39,7 +41,15 @@ from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, Tier
 from evalstream.wire.contract import to_proto
 from evalstream.wire.dimensions import Dimension
 
-__all__ = ["LiveCalibration", "calibrate_live", "collect_xstest", "xstest_split"]
+__all__ = [
+    "HeldOut",
+    "LiveCalibration",
+    "calibrate_live",
+    "collect_items",
+    "collect_xstest",
+    "xstest_items",
+    "xstest_split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,96 @@ def _item_id(record: XSTestRecord) -> str:
     return f"xstest/{record.model}/{record.prompt_id}"
 
 
+def xstest_items(data_dir: Path | None = None, *, seed: int = 0) -> list[LabelledItemIn]:
+    """The 2,250 XSTest v2 completions as labelled items: the adjudicated label and both annotators',
+    split by prompt (``xstest_split``). The replay's events, as labelled data."""
+    items = []
+    for r in read_xstest(data_dir):
+        event = build_event(r, event_id=_item_id(r), event_time=datetime.now(UTC))
+        items.append(
+            LabelledItemIn(
+                item_id=_item_id(r),
+                messages=list(event.messages),
+                response=event.response,
+                model=event.model,
+                model_version=event.model_version,
+                finish_reason=event.finish_reason,
+                labels=[
+                    HumanLabelRowIn(dimension=Dimension.REFUSAL, label=label.value, annotator=annotator)
+                    for annotator, label in (
+                        ("adjudicated", r.final_label),
+                        ("annotator_1", r.annotation_1),
+                        ("annotator_2", r.annotation_2),
+                    )
+                ],
+                split=xstest_split(r.prompt_id, seed=seed),
+                group=r.prompt_id,
+            )
+        )
+    return items
+
+
+def collect_items(
+    items: Sequence[LabelledItemIn],
+    tiers: Sequence[int],
+    call: Call,
+    *,
+    dimensions: Sequence[Dimension] | None = None,
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LabelledItemIn]:
+    """``items`` with every tier's live judgement on every labelled dimension (or ``dimensions``).
+
+    ``call(tier, request)`` is the judge call (the pipeline's ``JudgeClient.judge`` in production).
+    A per-item error or a missing judgement becomes a judgement with no label (the cascade escalates
+    it). Earlier judgements by the same judges on the same dimensions are replaced.
+    """
+    asked = list(dimensions) if dimensions else sorted({lab.dimension for i in items for lab in i.labels})
+    stamp = datetime.now(UTC).isoformat()
+    requests = [
+        judge_pb2.JudgeItem(item_id=item.item_id, event=to_proto(to_event(item, event_time_iso=stamp)))
+        for item in items
+    ]
+    live: dict[str, list[JudgementIn]] = {item.item_id: [] for item in items}
+    total, done = len(items) * len(tiers), 0
+    for tier in tiers:
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            request = judge_pb2.JudgeRequest(items=chunk, dimensions=[d.value for d in asked])
+            response = call(tier, request)
+            judge = response.judge or f"tier-{tier}"
+            for sent, result in zip(chunk, response.results, strict=True):
+                for dimension in asked:
+                    found = [j for j in result.judgements if j.dimension == dimension.value]
+                    j = found[0] if found else None
+                    usable = j is not None and not result.error
+                    live[sent.item_id].append(
+                        JudgementIn(
+                            dimension=dimension,
+                            tier=tier,
+                            judge=judge,
+                            label=j.label if usable and j else None,
+                            confidence=min(max(j.confidence, 0.0), 1.0) if usable and j else 0.0,
+                            cost_usd=j.cost.usd if j else 0.0,
+                            input_tokens=j.cost.input_tokens if j else 0,
+                            output_tokens=j.cost.output_tokens if j else 0,
+                        )
+                    )
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    out = []
+    for item in items:
+        new = live[item.item_id]
+        replaced = {(j.dimension, j.judge) for j in new}
+        kept = [j for j in item.judgements if (j.dimension, j.judge) not in replaced]
+        out.append(item.model_copy(update={"judgements": [*kept, *new]}))
+    return out
+
+
+LIVE_SOURCE = "reported by the judge over gRPC"
+
+
 def collect_xstest(
     tiers: Sequence[int],
     call: Call,
@@ -68,100 +168,99 @@ def collect_xstest(
     progress: Callable[[int, int], None] | None = None,
     data_dir: Path | None = None,
 ) -> LabelledSet:
-    """Every tier's refusal judgement on every XSTest completion, with human labels and splits.
-
-    ``call(tier, request)`` is the judge call (the pipeline's ``JudgeClient.judge`` in production).
-    A per-item error or a missing judgement becomes a row with no label (the cascade escalates it).
-    """
-    records = read_xstest(data_dir)
-    now = datetime.now(UTC)
-    items = [
-        judge_pb2.JudgeItem(
-            item_id=_item_id(r), event=to_proto(build_event(r, event_id=_item_id(r), event_time=now))
-        )
-        for r in records
-    ]
-    rows: list[Judgement] = []
-    names: dict[int, str] = {}
-    total = len(items) * len(tiers)
-    done = 0
-    for tier in tiers:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            request = judge_pb2.JudgeRequest(items=chunk, dimensions=[Dimension.REFUSAL.value])
-            response = call(tier, request)
-            names.setdefault(tier, response.judge)
-            for item, result in zip(chunk, response.results, strict=True):
-                found = [j for j in result.judgements if j.dimension == Dimension.REFUSAL.value]
-                usable = not result.error and found
-                j = found[0] if found else None
-                rows.append(
-                    Judgement(
-                        item_id=item.item_id,
-                        dimension=Dimension.REFUSAL,
-                        tier=tier,
-                        judge=response.judge or f"tier-{tier}",
-                        label=j.label if usable and j else None,
-                        confidence=min(max(j.confidence, 0.0), 1.0) if usable and j else 0.0,
-                        cost_usd=j.cost.usd if j else 0.0,
-                        input_tokens=j.cost.input_tokens if j else 0,
-                        output_tokens=j.cost.output_tokens if j else 0,
-                    )
-                )
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    recorded = build_xstest(data_dir, seed=seed)
-    splits = {_item_id(r): xstest_split(r.prompt_id, seed=seed) for r in records}
-    return LabelledSet(
+    """Every tier's refusal judgement on every XSTest completion, with human labels and splits."""
+    items = collect_items(
+        xstest_items(data_dir, seed=seed),
+        tiers,
+        call,
+        dimensions=[Dimension.REFUSAL],
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return to_labelled_set(
+        items,
         name="xstest-live",
-        judgements=tuple(rows),
-        humans=recorded.humans,
+        seed=seed,
         truth_annotator="adjudicated",
-        splits=MappingProxyType(splits),
-        cascade=tuple(names[t] for t in tiers),
-        confidence_sources=MappingProxyType({n: "reported by the judge over gRPC" for n in names.values()}),
+        confidence_source=LIVE_SOURCE,
         notes=("splits: FIT = prompts the rules table and encoder were fitted on; the rest halved",),
     )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeldOut:
+    """The calibrated cascade of one dimension on the held-out TEST split."""
+
+    items: int
+    coverage: float
+    agreement: float | None
+    strong_calls_per_1000: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LiveCalibration:
     config: CascadeConfig
-    test_items: int
-    test_coverage: float
-    test_agreement: float | None
-    strong_calls_per_1000: float
+    held_out: Mapping[Dimension, HeldOut]
+
+    def _primary(self) -> HeldOut:
+        return self.held_out.get(Dimension.REFUSAL) or next(iter(self.held_out.values()))
+
+    @property
+    def test_items(self) -> int:
+        return self._primary().items
+
+    @property
+    def test_coverage(self) -> float:
+        return self._primary().coverage
+
+    @property
+    def test_agreement(self) -> float | None:
+        return self._primary().agreement
+
+    @property
+    def strong_calls_per_1000(self) -> float:
+        return self._primary().strong_calls_per_1000
 
 
 def calibrate_live(
     data: LabelledSet, *, alpha: float, delta: float, version: str | None = None
 ) -> LiveCalibration:
-    """Thresholds for the refusal cascade on the CALIBRATION split, checked on TEST. The format
-    dimension stays on tier 0 with every flag accepted (deterministic rules, no human labels)."""
+    """Thresholds for every human-labelled dimension's cascade on the CALIBRATION split, checked on
+    TEST. An unlabelled ``format`` stays on tier 0 with every flag accepted (deterministic rules with
+    no human labels; the exporter marks it as not calibrated)."""
     judges = list(data.cascade)
-    items, specs = cascade_items(data.split(Split.CALIBRATION), Dimension.REFUSAL, judges)
-    result = calibrate(items, specs, dimension=Dimension.REFUSAL, alpha=alpha, delta=delta)
+    labelled = [d for d in data.dimensions if data.truth(d)]
+    if not labelled:
+        raise CalibrationError(f"{data.name} has no dimension with both judgements and human labels")
+    calibration = data.split(Split.CALIBRATION)
+    results = []
+    held_out: dict[Dimension, HeldOut] = {}
+    for dimension in labelled:
+        items, specs = cascade_items(calibration, dimension, judges)
+        result = calibrate(items, specs, dimension=dimension, alpha=alpha, delta=delta)
+        results.append(result)
+        held, _ = cascade_items(data.split(Split.TEST), dimension, judges)
+        summary = summarise_routes(held, route(held, result.plan()))
+        held_out[dimension] = HeldOut(
+            items=summary.items,
+            coverage=summary.coverage,
+            agreement=summary.agreement,
+            strong_calls_per_1000=summary.calls_per_1000(len(specs) - 1),
+        )
     stamp = datetime.now(UTC)
     config = to_config(
-        [result],
+        results,
         version=version or f"{data.name}-a{alpha:g}-d{delta:g}-{stamp:%Y%m%dT%H%M%SZ}",
-        calibration_data=f"{data.name}: calibration split, {result.items} items; truth = adjudicated",
+        calibration_data=f"{data.name}: calibration split, {results[0].items} items; "
+        f"truth = {data.truth_annotator}",
         created_at=stamp,
     )
-    dims: Mapping[str, DimensionCascade] = {
-        **config.dimensions,
+    dims: dict[str, DimensionCascade] = {
         Dimension.FORMAT.value: DimensionCascade(tiers=[TierRule(tier=0, threshold=0.0)]),
+        **config.dimensions,
     }
-    config = config.model_copy(update={"dimensions": dict(dims)})
-    held, _ = cascade_items(data.split(Split.TEST), Dimension.REFUSAL, judges)
-    summary = summarise_routes(held, route(held, result.plan()))
     return LiveCalibration(
-        config=config,
-        test_items=summary.items,
-        test_coverage=summary.coverage,
-        test_agreement=summary.agreement,
-        strong_calls_per_1000=summary.calls_per_1000(len(specs) - 1),
+        config=config.model_copy(update={"dimensions": dims}), held_out=MappingProxyType(held_out)
     )
 
 

@@ -34,7 +34,9 @@ The package: ``common`` (set names, prices, the split, pairwise votes), one modu
 ``llmbar``, ``judgebench``) and ``load`` (``build`` and ``load_labelled_set``).
 """
 
-from .common import PRICES, RecordedData, assign_split
+from evalstream.evaluation.judgements import assign_split
+
+from .common import PRICES, RecordedData
 from .judgebench import build_judgebench
 from .llmbar import build_llmbar
 from .load import build, load_labelled_set

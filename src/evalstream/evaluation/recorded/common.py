@@ -3,7 +3,6 @@ deterministic split, and label and confidence from the votes of two presentation
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,9 +10,6 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from evalstream.evaluation.judgements import (
-    Split,
-)
 from evalstream.wire.dimensions import PairwiseLabel
 
 
@@ -51,16 +47,6 @@ FRACTIONS: Final[Mapping[RecordedData, tuple[float, float, float]]] = MappingPro
         RecordedData.JUDGEBENCH: (0.0, 0.5, 0.5),
     }
 )
-
-
-def assign_split(group: str, *, seed: int, fractions: tuple[float, float, float]) -> Split:
-    """A deterministic split for ``group`` (a salted SHA-256 as a number in [0, 1))."""
-    digest = hashlib.sha256(f"evalstream-split:{seed}:{group}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    fit, calibration, _ = fractions
-    if u < fit:
-        return Split.FIT
-    return Split.CALIBRATION if u < fit + calibration else Split.TEST
 
 
 def tokens(chars: int) -> int:

@@ -17,21 +17,12 @@ from evalstream.evaluation.judgements import (
     Judgement,
     LabelledSet,
     Split,
+    assign_split,
 )
 from evalstream.wire.dimensions import Dimension, PairwiseLabel
 from evalstream.wire.jsonl import json_objects
 
-from .common import (
-    FRACTIONS,
-    TEMPLATE_CHARS,
-    VOTES_SOURCE,
-    RecordedData,
-    assign_split,
-    cost,
-    cost_note,
-    from_votes,
-    tokens,
-)
+from .common import FRACTIONS, TEMPLATE_CHARS, VOTES_SOURCE, RecordedData, cost, cost_note, from_votes, tokens
 
 # --- JudgeBench ------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from evalstream.evaluation.judgements import (
     write_human_labels,
     write_judgements,
 )
+from evalstream.evaluation.labelled_items import is_labelled_items_file, read_labelled_items, to_labelled_set
 
 from .common import RecordedData
 from .judgebench import build_judgebench
@@ -51,7 +52,17 @@ def load_labelled_set(
     """A recorded set (``data``) or a pair of tables, the shared entry of ``calibrate`` and ``report``."""
     if data is not None and (judgements is not None or humans is not None):
         raise TableError("give either --data or --judgements with --humans, not both")
-    if data is not None:
+    if data is not None and is_labelled_items_file(data):
+        path = Path(data)
+        items = read_labelled_items(path)
+        if not any(item.judgements for item in items):
+            raise TableError(
+                f"{path} has human labels but no recorded judgements; ask the judges first: "
+                f"evalstream collect --data {path} --judges 0=HOST:PORT,... (it writes the items with "
+                "their judgements), then calibrate or report on what it wrote"
+            )
+        labelled = to_labelled_set(items, name=path.stem, seed=seed, truth_annotator=truth_annotator)
+    elif data is not None:
         labelled = build(data, root, seed=seed)
         if truth_annotator is not None and truth_annotator != labelled.truth_annotator:
             labelled = LabelledSet(
@@ -74,7 +85,8 @@ def load_labelled_set(
         )
     else:
         raise TableError(
-            f"no labelled data: pass --data ({', '.join(RecordedData)}) or both --judgements and --humans"
+            f"no labelled data: pass --data ({', '.join(RecordedData)}, or a labelled-items .jsonl file) "
+            "or both --judgements and --humans"
         )
     if write_tables is not None:
         write_tables.mkdir(parents=True, exist_ok=True)

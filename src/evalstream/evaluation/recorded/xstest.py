@@ -14,10 +14,11 @@ from evalstream.evaluation.judgements import (
     Judgement,
     LabelledSet,
     Split,
+    assign_split,
 )
 from evalstream.wire.dimensions import Dimension
 
-from .common import FRACTIONS, TEMPLATE_CHARS, RecordedData, assign_split, cost, cost_note, tokens
+from .common import FRACTIONS, TEMPLATE_CHARS, RecordedData, cost, cost_note, tokens
 
 # --- XSTest ----------------------------------------------------------------------------------------
 
