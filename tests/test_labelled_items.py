@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evalstream.cli.app import app
-from evalstream.evaluation.judgements import TableError
+from evalstream.evaluation.judgements import HumanLabelRowIn, JudgementIn, TableError
 from evalstream.evaluation.labelled_items import (
     LabelledItemIn,
     read_labelled_items,
@@ -40,20 +40,9 @@ def _xstest_as_items(shared_data: Path) -> list[LabelledItemIn]:
     by_item: dict[str, dict] = {}
     for h in recorded.humans:
         row = by_item.setdefault(h.item_id, {"labels": [], "judgements": []})
-        row["labels"].append({"dimension": h.dimension.value, "label": h.label, "annotator": h.annotator})
+        row["labels"].append(HumanLabelRowIn.of(h).model_dump(mode="json"))
     for j in recorded.judgements:
-        by_item[j.item_id]["judgements"].append(
-            {
-                "dimension": j.dimension.value,
-                "tier": j.tier,
-                "judge": j.judge,
-                "label": j.label,
-                "confidence": j.confidence,
-                "cost_usd": j.cost_usd,
-                "input_tokens": j.input_tokens,
-                "output_tokens": j.output_tokens,
-            }
-        )
+        by_item[j.item_id]["judgements"].append(JudgementIn.of(j).model_dump(mode="json"))
     return [
         LabelledItemIn.model_validate(
             {

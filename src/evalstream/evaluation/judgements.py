@@ -142,6 +142,21 @@ class JudgementIn(BaseModel):
             _check_label(self.dimension, position, "position label")
         return self
 
+    @classmethod
+    def of(cls, j: Judgement) -> JudgementIn:
+        """The row fields of ``j`` (all but its item id)."""
+        return cls(
+            dimension=j.dimension,
+            tier=j.tier,
+            judge=j.judge,
+            label=j.label,
+            confidence=j.confidence,
+            cost_usd=j.cost_usd,
+            input_tokens=j.input_tokens,
+            output_tokens=j.output_tokens,
+            position_labels=list(j.position_labels),
+        )
+
     def on(self, item_id: str) -> Judgement:
         return Judgement(
             item_id=item_id,
@@ -174,6 +189,11 @@ class HumanLabelRowIn(BaseModel):
     def _labels(self) -> HumanLabelRowIn:
         _check_label(self.dimension, self.label, "label")
         return self
+
+    @classmethod
+    def of(cls, h: HumanLabel) -> HumanLabelRowIn:
+        """The row fields of ``h`` (all but its item id)."""
+        return cls(dimension=h.dimension, label=h.label, annotator=h.annotator)
 
     def on(self, item_id: str) -> HumanLabel:
         return HumanLabel(
@@ -240,19 +260,10 @@ def write_judgements(path: Path, rows: Iterable[Judgement]) -> int:
     """Write a judgement table; returns the number of rows."""
     lines = []
     for j in rows:
-        obj: dict[str, Any] = {
-            "item_id": j.item_id,
-            "dimension": j.dimension.value,
-            "tier": j.tier,
-            "judge": j.judge,
-            "label": j.label,
-            "confidence": j.confidence,
-            "cost_usd": j.cost_usd,
-            "input_tokens": j.input_tokens,
-            "output_tokens": j.output_tokens,
-        }
-        if j.position_labels:
-            obj["position_labels"] = list(j.position_labels)
+        fields = JudgementIn.of(j).model_dump(mode="json")
+        if not j.position_labels:
+            del fields["position_labels"]
+        obj: dict[str, Any] = {"item_id": j.item_id, **fields}
         lines.append(json.dumps(obj, ensure_ascii=False))
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return len(lines)
