@@ -460,27 +460,25 @@ def parse_views(spec: str) -> tuple[View, ...]:
     return tuple(views)
 
 
-def _table(metadata: ArtefactMetadata) -> Any:
+def _tables(metadata: ArtefactMetadata) -> list[Any]:
+    """Per-class figures and one row of summary figures per dimension, each table within 80 columns."""
     from rich.table import Table
 
-    table = Table(title=f"encoder judge {metadata.version}: held-out split (grouped by prompt)")
+    classes = Table(title=f"encoder judge {metadata.version}: held-out split (grouped by prompt)")
     for column in ("dimension", "label", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column in ("dimension", "label") else "right")
+        classes.add_column(column, justify="left" if column in ("dimension", "label") else "right")
+    summary = Table(title=f"encoder judge {metadata.version}: held-out summary")
+    for column in ("dimension", "accuracy", "macro-F1", "ECE", "log loss", "items"):
+        summary.add_column(column, justify="left" if column == "dimension" else "right")
     for name, dim in metadata.dimensions.items():
         m = dim.metrics
         for lab, c in m.per_class.items():
-            table.add_row(name, lab, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
-        table.add_row(
-            name,
-            f"[bold]acc {m.accuracy:.3f}  macro-F1 {m.macro_f1:.3f}  "
-            f"ECE {m.ece:.3f}  log loss {m.log_loss:.3f}",
-            "",
-            "",
-            "",
-            str(m.n),
-            end_section=True,
+            classes.add_row(name, lab, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", str(c.support))
+        classes.add_section()
+        summary.add_row(
+            name, f"{m.accuracy:.3f}", f"{m.macro_f1:.3f}", f"{m.ece:.3f}", f"{m.log_loss:.3f}", str(m.n)
         )
-    return table
+    return [classes, summary]
 
 
 def _recipes(args: argparse.Namespace) -> dict[Dimension, Recipe]:
@@ -516,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from evalstream.runtime.tables import print_table
+
     console = Console()
     started = time.perf_counter()
     try:
@@ -529,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    console.print(_table(metadata))
+    for table in _tables(metadata):
+        print_table(console, table)
     console.print(f"wrote {args.out} ({metadata.version}) in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -20,6 +20,7 @@ from evalstream.evaluation.calibration import (
 )
 from evalstream.evaluation.judgements import Split
 from evalstream.evaluation.routing import RouteSummary, route, summarise_routes
+from evalstream.runtime.tables import print_table
 from evalstream.wire.dimensions import Dimension
 
 if TYPE_CHECKING:
@@ -147,13 +148,13 @@ def _print_calibration(console: Console, result: CascadeCalibration) -> None:
         title=f"{result.dimension.value}: agreement >= {1 - result.alpha:.3f} with probability "
         f">= {1 - result.delta:.3f} (calibration items: {result.items})"
     )
-    columns = ("tier", "judge", "delta", "reached", "threshold", "accepted", "agreement", "guaranteed >=")
+    columns = ("judge", "tier", "delta", "reached", "threshold", "accepted", "agreement", "guaranteed >=")
     for column in columns:
         table.add_column(column, justify="left" if column == "judge" else "right")
     for t in result.tiers:
         table.add_row(
-            str(t.spec.tier),
             t.spec.judge,
+            str(t.spec.tier),
             f"{t.delta:.4f}",
             str(t.reached),
             _fmt(t.threshold) if t.threshold is not None else "none certified",
@@ -161,7 +162,7 @@ def _print_calibration(console: Console, result: CascadeCalibration) -> None:
             _fmt(t.agreement),
             _fmt(1 - t.upper_bound if t.upper_bound is not None else None),
         )
-    console.print(table)
+    print_table(console, table)
     console.print(
         f"cascade on calibration items: coverage {_fmt(result.coverage)}, "
         f"agreement {_fmt(result.agreement)}, "

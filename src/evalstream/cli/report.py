@@ -14,6 +14,7 @@ from evalstream.evaluation.judgements import LabelledSet, Split
 from evalstream.evaluation.report import CascadeSpec, Report, build_report
 from evalstream.evaluation.routing import config_plan
 from evalstream.evaluation.statistics import DEFAULT_ALT_EPSILON
+from evalstream.runtime.tables import print_table
 from evalstream.wire.cascade_config import CascadeConfig
 from evalstream.wire.dimensions import Dimension
 
@@ -31,51 +32,45 @@ def _f(value: float | None, digits: int = 3) -> str:
 
 
 def render(report: Report, console: Console) -> None:
-    """Rich tables of a report on ``console``."""
+    """Rich tables of a report on ``console``, each readable at 80 columns (``print_table``).
+
+    The wide figures (kappa's interval, position bias, the alt-test) have a table of their own.
+    """
     from rich.table import Table
 
     table = Table(
         title=f"{report.data} / {report.dimension.value}: {report.items} items ({report.split} split), "
         f"truth = {report.truth_annotator}"
     )
-    columns = (
-        "judge",
-        "tier",
-        "items",
-        "coverage",
-        "accuracy",
-        "kappa [95% CI]",
-        "escalated",
-        "audited",
-        "USD / 1k",
-        "position bias",
-        "alt-test (omega, rho)",
-    )
+    columns = ("judge", "tier", "items", "coverage", "accuracy", "kappa", "escalated", "audited", "USD / 1k")
     for column in columns:
         table.add_column(column, justify="left" if column == "judge" else "right")
+    checks = Table(title=f"{report.data} / {report.dimension.value}: kappa's interval, bias, alt-test")
+    for column in ("judge", "kappa 95% CI", "position bias", "alt-test (omega, rho)"):
+        checks.add_column(column, justify="left" if column == "judge" else "right")
     for row in report.judges:
-        kappa = _f(row.kappa)
-        if row.kappa_low is not None and row.kappa_high is not None:
-            kappa += f" [{row.kappa_low:.3f}, {row.kappa_high:.3f}]"
-        alt = "-"
-        if row.alt_test is not None:
-            verdict = "pass" if row.alt_test.passed else "fail"
-            alt = f"{verdict} ({row.alt_test.winning_rate:.2f}, {row.alt_test.advantage_probability:.2f})"
-        bias = "-" if row.position_bias is None else f"{row.position_bias:.3f} (n={row.position_items})"
         table.add_row(
             row.name,
             "-" if row.tier is None else str(row.tier),
             str(row.items),
             _f(row.coverage),
             _f(row.accuracy),
-            kappa,
+            _f(row.kappa),
             _f(row.escalation_rate),
             _f(row.audit_rate),
             f"{row.cost_per_1000:.2f}",
-            bias,
-            alt,
         )
-    console.print(table)
+        interval = "-"
+        if row.kappa_low is not None and row.kappa_high is not None:
+            interval = f"[{row.kappa_low:.3f}, {row.kappa_high:.3f}]"
+        alt = "-"
+        if row.alt_test is not None:
+            verdict = "pass" if row.alt_test.passed else "fail"
+            alt = f"{verdict} ({row.alt_test.winning_rate:.2f}, {row.alt_test.advantage_probability:.2f})"
+        bias = "-" if row.position_bias is None else f"{row.position_bias:.3f} (n={row.position_items})"
+        checks.add_row(row.name, interval, bias, alt)
+    print_table(console, table)
+    print_table(console, checks)
     classes = Table(title="per-class precision / recall (support)")
     labels = sorted({c.label for row in report.judges for c in row.per_class})
     classes.add_column("judge")
@@ -92,7 +87,7 @@ def render(report: Report, console: Console) -> None:
                 for label in labels
             ],
         )
-    console.print(classes)
+    print_table(console, classes)
     for row in report.judges:
         if row.calls_per_1000:
             calls = ", ".join(f"{judge} {calls:.0f}" for judge, calls in row.calls_per_1000.items())
@@ -221,9 +216,9 @@ def _cascade_spec(
         )
     items, tiers = cascade_items(labelled.split(Split.CALIBRATION), dimension, judges)
     fitted = calibrate(items, tiers, dimension=dimension, alpha=alpha, delta=delta)
-    where = "calibration split" if labelled.splits else "all items (no split: in-sample)"
+    where = "the calibration split" if labelled.splits else "all items (no split: in-sample)"
     return CascadeSpec(
         tiers=tuple(tiers),
         plan=tuple(fitted.plan()),
-        source=f"calibrated on the {where} at alpha {alpha:g}, delta {delta:g}",
+        source=f"calibrated on {where} at alpha {alpha:g}, delta {delta:g}",
     )

@@ -29,6 +29,7 @@ from evalstream.local.prometheus import PrometheusServer
 from evalstream.local.supervisor import ChildProcess, ChildStartError, python_module
 from evalstream.runtime.procs import wait_until
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.runtime.tables import print_table
 from evalstream.wire.dimensions import Tier
 
 __all__ = ["Stack", "StackOptions", "up"]
@@ -320,7 +321,7 @@ def up(
     code = 0
     try:
         stack.start()
-        stack.console.print(stack.describe())
+        print_table(stack.console, stack.describe())
         if on_ready:
             on_ready(stack)
         while not stop.wait(1.0):

@@ -45,6 +45,7 @@ from rich.text import Text
 
 from evalstream.evaluation.datasets import XSTEST_MODELS, read_xstest
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.runtime.tables import print_table
 from evalstream.tools.replay_events import (
     DEAD_LETTER_REASON,
     FAR,
@@ -352,7 +353,7 @@ def replay_command(
     except KeyboardInterrupt:
         console.print("replay stopped; records sent so far were flushed")
         raise typer.Exit(0) from None
-    console.print(summary_table(report))
+    print_table(console, summary_table(report))
     if report.failed:
         console.print(
             f"[red]{sum(report.failed.values())} records not acknowledged;[/] first: {report.first_error}"
