@@ -332,7 +332,11 @@ def up(
                 code = 1
                 break
     finally:
-        stack.console.print("stopping ...")
-        stack.stop()
+        # Stopping never depends on the terminal: with `up | tee log`, Ctrl-C ends tee too, and
+        # printing then fails (BrokenPipeError), which must not leave the children running.
+        try:
+            stack.console.print("stopping ...")
+        finally:
+            stack.stop()
         stack.console.print("stopped.")
     return code
