@@ -430,6 +430,9 @@ def test_config_round_trips_and_routes_the_same(tmp_path):
 
 def test_threshold_inf_means_never_and_other_values_are_rejected():
     assert TierRule(tier=2, threshold=math.inf).threshold == math.inf
+    # As `up` and `collect` print the rules: "never accepts", not ">= inf".
+    assert TierRule(tier=2, threshold=math.inf).rule() == "tier 2 never accepts"
+    assert TierRule(tier=0, threshold=0.78912).rule() == "tier 0 >= 0.789"
     assert yaml.safe_load(yaml.safe_dump({"t": math.inf})) == {"t": math.inf}
     for bad in (1.5, -0.1, math.nan):
         with pytest.raises(ValueError, match="threshold must be in \\[0, 1\\]"):

@@ -123,7 +123,7 @@ def _collect(
     result.config.dump(config_path)
     typer.echo(f"wrote {items_path} (the items with the tiers' judgements), {judgements}, {humans}")
     for dim, cascade in result.config.dimensions.items():
-        rules = ", ".join(f"tier {t.tier} >= {t.threshold:.3g}" for t in cascade.tiers)
+        rules = ", ".join(t.rule() for t in cascade.tiers)
         typer.echo(f"{dim}: {rules}")
     for dim, held in result.held_out.items():
         agreement = "n/a" if held.agreement is None else f"{held.agreement:.3f}"

@@ -224,12 +224,13 @@ class Stack:
         artefact = self.options.state_dir / "encoder"
         if (artefact / "metadata.json").is_file():
             return artefact
-        self.console.print(
-            "training the tier-1 encoder judge on XSTest and rubric scores (once, about a minute) ..."
-        )
         train = self._child(
             "encoder-train",
             python_module("evalstream.judges.encoder_train", "--out", str(artefact), "--force"),
+        )
+        self.console.print(
+            "training the tier-1 encoder judge on XSTest and rubric scores (once: about a minute, "
+            f"several on a busy machine; log: {train.log_file}) ..."
         )
         train.start()
         code = train.wait(900)
@@ -258,7 +259,7 @@ class Stack:
         path = out / "cascade.yaml"
         result.config.dump(path)
         rules = "; ".join(
-            f"{dim}: " + ", ".join(f"tier {r.tier} >= {r.threshold:.3g}" for r in spec.tiers)
+            f"{dim}: " + ", ".join(r.rule() for r in spec.tiers)
             for dim, spec in result.config.dimensions.items()
         )
         agreement = "n/a" if result.test_agreement is None else f"{result.test_agreement:.3f}"

@@ -55,6 +55,12 @@ class TierRule(BaseModel):
             )
         return value
 
+    def rule(self) -> str:
+        """The rule in words: "tier 0 >= 0.789", or "tier 2 never accepts" for an infinite threshold."""
+        if math.isinf(self.threshold):
+            return f"tier {self.tier} never accepts"
+        return f"tier {self.tier} >= {self.threshold:.3g}"
+
 
 class DimensionCascade(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
