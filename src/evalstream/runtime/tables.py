@@ -41,14 +41,14 @@ def print_table(console: Console, table: Table) -> None:
             else:
                 parts.append([row])
         if all(fits(_sideways(table, cells, part), console) for part in parts):
-            # The title and caption on lines of their own: as the title of a narrow table they
-            # would wrap to its width.
+            # The title and caption on lines of their own (wrapped at the console's width): as the
+            # title of a narrow table they would wrap to its width.
             if table.title:
-                console.print(table.title, style="table.title", soft_wrap=True)
+                console.print(table.title, style="table.title")
             for part in parts:
                 console.print(_sideways(table, cells, part))
             if table.caption:
-                console.print(table.caption, style="table.caption", soft_wrap=True)
+                console.print(table.caption, style="table.caption")
             return
     _print_lines(console, table, cells, rows)
 
@@ -78,7 +78,8 @@ def _sideways(table: Table, cells: list[list[RenderableType]], rows: list[int]) 
 
 
 def _print_lines(console: Console, table: Table, cells: list[list[RenderableType]], rows: int) -> None:
-    """One block per row: its first cell, then "header: value" lines; soft-wrapped, never cut."""
+    """One block per row: its first cell, then "header: value" lines, which the terminal wraps
+    (soft wrap), as the title and caption: an address or a path stays in one piece, to copy."""
     if table.title:
         console.print(table.title, style="table.title", soft_wrap=True)
     headers = [_text(column.header) for column in table.columns]
