@@ -26,7 +26,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """One real noida-db broker for the whole test session; tests use unique topic names."""
+    """One real Apache Kafka broker for the whole test session; tests use unique topic names."""
     with EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker")) as b:
         yield b
 

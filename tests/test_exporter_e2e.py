@@ -167,10 +167,9 @@ class Topics:
     verdicts: str
     summaries: str
     producer: KafkaProducer
-    # Aborts go through a producer of their own. noida-db 0.2.3 returns an aborted transaction in
-    # every later fetch response, not only in those that overlap it, so kafka-python (like the Java
-    # client) then hides every later transaction of the same producer id from read_committed readers
-    # that start past the abort marker. A real Kafka broker does not; see the report of this change.
+    # Aborts go through a producer of their own: two producer ids interleave on the partitions, which
+    # read_committed must sort out (the same producer's commits after its abort are checked in
+    # tests/test_broker_conformance.py).
     aborter: KafkaProducer
     produced: Expected = field(default_factory=Expected)
     next_event: int = 0

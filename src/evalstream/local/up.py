@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -50,7 +49,7 @@ class StackOptions:
     models: tuple[str, ...] = ()
     cascade_config: Path | None = None  # None: calibrate on XSTest against the running tiers
     sampling_config: Path | None = None
-    fresh: bool = True  # wipe the broker's data first (it keeps everything in one JSON file)
+    fresh: bool = True  # start the broker on an empty data directory (False: keep the last run's)
     tiers: tuple[int, ...] = (Tier.RULES, Tier.ENCODER, Tier.LLM)
     scrape_interval_s: float = 5.0
     alpha: float = 0.15  # calibration target: agreement with humans >= 1 - alpha ...
@@ -82,13 +81,14 @@ class Stack:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         if opts.bootstrap is None:
-            data = opts.state_dir / "broker"
-            if opts.fresh and data.exists():
-                shutil.rmtree(data)
-            self.broker = EmbeddedBroker(data_dir=data, log_file=self.logs / "broker.log")
+            self.broker = EmbeddedBroker(
+                data_dir=opts.state_dir / "broker",
+                keep_data=not opts.fresh,
+                log_file=self.logs / "broker.log",
+            )
             self.broker.start()
             bootstrap = self.broker.bootstrap
-            self.where["broker (noida-db, Kafka protocol)"] = bootstrap
+            self.where["broker (Apache Kafka, embedded)"] = bootstrap
         else:
             bootstrap = opts.bootstrap
             self.where["Kafka (external)"] = bootstrap
