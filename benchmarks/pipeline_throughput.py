@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/pipeline_throughput.py [--events 20000] [--rate 1000] [--seconds 20]
 
-1. Produces ``--events`` XSTest v2 events (real completions, unique ids) to a 4-partition topic on
-   a fresh embedded broker.
-2. Baseline: the raw consume rate of the same Kafka client (kafka-python) on the same topic.
+1. Starts a fresh embedded broker (Apache Kafka, one KRaft node; its start time, storage format
+   included, until the admin API answers, is reported) and produces ``--events`` XSTest v2 events
+   (real completions, unique ids) to a 4-partition topic.
+2. Baselines: the raw consume rate (read_committed, no processing) of the pipeline's Kafka client
+   (kafka-python) and of librdkafka (confluent-kafka) on the same topic.
 3. The pipeline (micro-batches on Beam's in-process runner, tier-0 judge over gRPC in its own
    process, outputs and offsets in one transaction per batch) over the same events.
 4. Lag: the pipeline as its own process while events are produced at ``--rate`` per second for
@@ -86,6 +88,44 @@ def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
     return rate
 
 
+def raw_consume_rate_librdkafka(bootstrap: str, topic: str, n: int) -> float:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-rd-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    first: float | None = None
+    while seen < n:
+        messages = consumer.consume(num_messages=5000, timeout=0.5)
+        for m in messages:
+            if m.error() is not None:
+                raise RuntimeError(f"librdkafka consumer: {m.error()}")
+        if messages and first is None:
+            first = time.monotonic()
+        seen += len(messages)
+    rate = n / (time.monotonic() - (first or time.monotonic()))
+    consumer.close()
+    return rate
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of a process, from /proc (Linux)."""
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def percentile(values: list[float], q: float) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
@@ -101,27 +141,29 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
 
-    with (
-        tempfile.TemporaryDirectory(prefix="evalstream-bench-") as tmp,
-        EmbeddedBroker(data_dir=Path(tmp) / "broker") as broker,
-    ):
+    with tempfile.TemporaryDirectory(prefix="evalstream-bench-") as tmp:
+        broker = EmbeddedBroker(data_dir=Path(tmp) / "broker")
+        began = time.monotonic()
+        broker.start()
+        broker_start_s = time.monotonic() - began
         judge = ChildProcess(
             name="judge-tier0",
             cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", "0"),
             log_file=Path(tmp) / "judge.log",
             ready=r"evalstream-judge listening on (\S+)",
         )
-        match = judge.start()
-        assert match is not None
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         try:
+            match = judge.start()
+            assert match is not None
             topic = f"bench-events-{uuid.uuid4().hex[:6]}"
             ensure_topics(kafka, {topic: 4})
             console.print(f"producing {args.events} XSTest events ...")
             produce_rate = produce(broker.bootstrap, topic, args.events)
 
-            console.print("baseline: raw consume ...")
+            console.print("baselines: raw consume, kafka-python and librdkafka ...")
             raw_rate = raw_consume_rate(broker.bootstrap, topic, args.events)
+            raw_rd_rate = raw_consume_rate_librdkafka(broker.bootstrap, topic, args.events)
 
             console.print("pipeline over the same events ...")
             settings = PipelineSettings(
@@ -183,14 +225,19 @@ def main() -> None:
                         lags.append((now - verdict.event_time.ToDatetime(tzinfo=UTC)).total_seconds())
             producer_thread.join()
             consumer.close()
+            broker_rss = rss_mb(broker.pid)
             pipe.stop()
         finally:
             judge.stop()
+            broker.stop()
 
     result = {
+        "broker_start_s": round(broker_start_s, 2),
+        "broker_rss_mb_after_run": broker_rss,
         "events": args.events,
         "produce_events_per_s": round(produce_rate),
         "raw_consume_events_per_s": round(raw_rate),
+        "raw_consume_librdkafka_events_per_s": round(raw_rd_rate),
         "pipeline_events_per_s": round(stats.busy_rate),
         "pipeline_vs_raw": round(stats.busy_rate / raw_rate, 3),
         "pipeline_batches": stats.batches,

@@ -39,17 +39,11 @@ PIPELINE = DashboardSpec(
             title="Pipeline process",
             panels=(
                 ts(
-                    "Micro-batches, write retries, broker lost state",
-                    "From the pipeline's own /metrics (--metrics-port): batches committed per second, "
-                    "batches whose write or commit failed and were read again, and times the broker was "
-                    "found to have lost commits or records (a crash). Alert: "
-                    "EvalstreamPipelineBrokerLostState.",
+                    "Micro-batches and write retries",
+                    "From the pipeline's own /metrics (--metrics-port): batches committed per second, and "
+                    "batches whose write or commit failed and were read again.",
                     t(f"sum(rate(evalstream_pipeline_batches_total[{RATE}]))", "batches/s"),
                     t(f"sum(rate(evalstream_pipeline_write_retries_total[{RATE}]))", "write retries/s"),
-                    t(
-                        f"sum by (kind) (rate(evalstream_pipeline_broker_lost_state_total[{RATE}]))",
-                        "broker lost {{kind}}/s",
-                    ),
                     min=0,
                 ),
                 ts(

@@ -8,8 +8,6 @@ this is about the process itself, so an SRE sees faults the outputs cannot show:
 ``evalstream_pipeline_batch_duration_seconds``        time per batch, judging and commit included
 ``evalstream_pipeline_write_retries_total``           batches whose write or commit failed and were read
                                                       again with a new producer
-``evalstream_pipeline_broker_lost_state_total``       times the broker was found to have lost commits
-                                                      or records (``_reconcile``), by ``kind``
 ``evalstream_pipeline_judge_circuit_state{tier,state}``     1 for each tier's breaker's current state
 ``evalstream_pipeline_judge_circuit_rejected_total{tier}``  calls the open circuit refused
 ``evalstream_pipeline_judge_circuit_transitions_total{tier,state}``, ``..._consecutive_failures{tier}``
@@ -48,14 +46,6 @@ class PipelineMetrics:
             "Batches whose write or commit failed; read again with a new producer.",
             registry=registry,
         )
-        self.lost_state = Counter(
-            "evalstream_pipeline_broker_lost_state",
-            "Times the broker was found to have lost commits or records, by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        for kind in ("commits", "records"):  # a series from the start, so rate() and alerts see it
-            self.lost_state.labels(kind=kind)
         self.last_batch = Gauge(
             "evalstream_pipeline_last_batch_timestamp_seconds",
             "When the last micro-batch was committed (unix time).",

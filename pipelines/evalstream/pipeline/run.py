@@ -12,17 +12,13 @@ streaming mode, and ``ReadFromKafka`` needing a Java expansion service that cann
 On Flink or Dataflow (``--runner FlinkRunner|DataflowRunner``), ``build_streaming`` wires the same
 ``Evaluate`` transform to Beam's unbounded ``ReadFromKafka``/``WriteToKafka`` instead.
 
-A batch's records are all acknowledged before its transaction commits (``_write`` checks every send),
-so a commit never makes a batch visible with some of its records refused. A broker that loses
-acknowledged writes in a crash (noida-db, docs/kafka.md) may also lose committed offsets, and records
-this consumer had already fetched, whose offsets it then gives to new records. So each polled batch
-is checked against the broker (``_reconcile``: its group offset for each partition must be the one
-this runner committed, and every polled record must lie below the partition's end), and the group
-offsets again just before the commit. Where the broker lost state, the runner drops that partition's
-records, seeks to the broker's group offset, forgets its window of recently seen event ids (so
-records whose outputs the broker lost are judged again instead of being taken for duplicates) and
-writes with a new producer. A crash that falls between that check and the fetch of a record cannot
-be seen without leader epochs (KIP-320), which noida-db does not keep.
+The transaction step is ``evalstream.kafka.transactions.BatchWriter``, shared with ``evalstream
+redrive``: every output acknowledged before the commit, the offsets sent with the consumer's group
+metadata, a stable transactional id per runner instance (``--transactional-id``, default
+``evalstream-pipeline-0``). A restarted runner fences its predecessor and Kafka aborts the
+transaction it left open; a predecessor that wakes up (a zombie) is refused (``FencedError``) and
+exits. A failed batch is aborted, read again from its first offsets and written with a new producer
+under the same id.
 
 Outputs leave the bounded pipeline through a spill directory: a sink DoFn writes each output as a
 length-prefixed record file per bundle, and the loop reads them back to produce them in the
@@ -32,7 +28,6 @@ transaction. This keeps I/O here, works with any local runner mode, and costs ~1
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import logging
 import os
@@ -52,12 +47,12 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, start_http_server
 
-from evalstream.kafka.writes import await_acknowledged
+from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, explain, fenced
+from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
 from evalstream.pipeline.cascade import EmbeddingProbe, SharedBreakers
 from evalstream.pipeline.decode import DecodeLimits
 from evalstream.pipeline.dedupe import SeenIds, SharedSeenIds
@@ -84,8 +79,8 @@ _LEN = struct.Struct(">I")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: How long a batch's records may take to be acknowledged before the batch is retried.
 WRITE_TIMEOUT_S = 30.0
-#: Marks the transactional id in the metadata of the pipeline's offset commits (see ``_take_over``).
-TX_NOTE = "tx="
+#: Exit code when a newer instance with the same transactional id took over (this one is a zombie).
+FENCED_EXIT_CODE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,19 +221,6 @@ class RunStats:
         return self.events_in / max(self.last_batch_done_at - self.first_batch_at, 1e-9)
 
 
-class _Assignments(ConsumerRebalanceListener):
-    """Counts partition assignments (the first at start; more when the group is rebuilt)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.count += 1
-
-
 class MicroBatchRunner:
     """Consume -> Evaluate -> produce + commit in one transaction, batch after batch."""
 
@@ -284,16 +266,12 @@ class MicroBatchRunner:
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)
         self._shared_seen = SharedSeenIds(self._seen)
-        self._committed: dict[TopicPartition, int] = {}  # next offset this runner committed, per partition
-        self._announced: KafkaProducer | None = None  # the producer named in the group's offsets
-        self._retired: list[str] = []  # transactional ids of this process's failed producers
-        self._assignments = _Assignments()
-        self.broker_lost_state = False  # set by _reconcile: the loop then starts a new producer
         self.metrics: PipelineMetrics | None = None  # set by run() with --metrics-port
 
     def _consumer(self) -> KafkaConsumer:
         s = self._settings
-        consumer = KafkaConsumer(
+        made = consumer(
+            self._kafka,
             group_id=s.group_id,
             group_instance_id=s.group_instance_id or s.transactional_id,
             enable_auto_commit=False,
@@ -302,65 +280,19 @@ class MicroBatchRunner:
             max_poll_records=min(s.max_batch_records, 5000),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
-            **self._kafka.client_kwargs(),
         )
-        consumer.subscribe([s.input_topic], listener=self._assignments)
-        return consumer
+        made.subscribe([s.input_topic])
+        return made
 
-    def _producer(self) -> KafkaProducer:
-        """A new producer. Each gets a fresh transactional id (prefix + random suffix): noida-db keeps
-        aborted transactions per producer id and then hides that producer's later commits from
-        read_committed readers (docs/kafka.md), so an id is never reused after an abort. Fencing of a
-        stale pipeline instance still holds through the consumer group metadata sent with the
-        offsets (KIP-447)."""
+    def _writer(self) -> BatchWriter:
         s = self._settings
-        extra: dict[str, Any] = (
-            {"transactional_id": f"{s.transactional_id}-{uuid.uuid4().hex[:8]}"}
-            if s.transactional
-            else {"acks": "all"}
+        return BatchWriter(
+            self._kafka,
+            transactional_id=s.transactional_id if s.transactional else None,
+            write_timeout_s=WRITE_TIMEOUT_S,
+            max_request_size=MAX_REQUEST_BYTES,
+            linger_ms=5,
         )
-        producer = KafkaProducer(
-            max_request_size=MAX_REQUEST_BYTES, linger_ms=5, **extra, **self._kafka.client_kwargs()
-        )
-        if s.transactional:
-            producer.init_transactions()
-        return producer
-
-    def _take_over(
-        self, consumer: KafkaConsumer, producer: KafkaProducer, spans: dict[TopicPartition, tuple[int, int]]
-    ) -> None:
-        """Before a producer's first transaction: abort what earlier producers left open, then name
-        this one in the group's committed offsets.
-
-        A process killed inside a transaction leaves it open. Kafka aborts it after the transaction
-        timeout; noida-db never does (measured), and an open transaction holds every read_committed
-        reader of the partitions it wrote to (the exporter, tests) for good. Each batch's offset
-        commit names its producer's transactional id (``tx=`` in the metadata), and so does a plain
-        commit of the unchanged offsets before a producer's first transaction, so a successor finds
-        the ids that may hold an open transaction and initialises each (which aborts it) before it
-        writes. Ids of this process's own failed producers are fenced the same way."""
-        wanted = set(self._retired)
-        for tp in consumer.assignment():
-            committed = consumer.committed(tp, metadata=True)
-            note = committed.metadata if committed is not None else ""
-            if TX_NOTE in note:
-                wanted.add(note.split(TX_NOTE, 1)[1].split()[0])
-        wanted.discard(producer.config["transactional_id"])
-        for txid in sorted(wanted):
-            fence = KafkaProducer(transactional_id=txid, **self._kafka.client_kwargs())
-            try:
-                fence.init_transactions()  # aborts the transaction it left open, if any
-                log.info("aborted whatever transaction %s had left open", txid)
-            finally:
-                fence.close(timeout=5)
-        self._retired.clear()
-        here = f"{TX_NOTE}{producer.config['transactional_id']}"
-        announce = {}
-        for tp, (lo, _) in spans.items():
-            committed = consumer.committed(tp)
-            announce[tp] = OffsetAndMetadata(lo if committed is None else committed, here, -1)
-        consumer.commit(announce)
-        self._announced = producer
 
     def _poll_batch(self, consumer: KafkaConsumer) -> list[Any]:
         s = self._settings
@@ -381,127 +313,36 @@ class MicroBatchRunner:
                 break  # idle: let the caller check for shutdown and idleness
         return batch
 
-    def _write(self, producer: KafkaProducer, result: BatchResult) -> None:
-        """Send every output and wait until the broker acknowledged each; raise the first failure
-        (checked before the commit: ``evalstream.kafka.writes``)."""
+    def _outputs(self, result: BatchResult) -> list[Output]:
         s = self._settings
-        sent = []
-        for verdict in result.verdicts:
-            sent.append(
-                producer.send(
-                    s.verdicts_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString()
-                )
-            )
+        out = [Output(s.verdicts_topic, v.SerializeToString(), v.event_id.encode()) for v in result.verdicts]
         for summary in result.summaries:
             key = f"{summary.model}|{summary.model_version}|{summary.route}|{summary.dimension}"
-            sent.append(producer.send(s.summaries_topic, key=key.encode(), value=summary.SerializeToString()))
+            out.append(Output(s.summaries_topic, summary.SerializeToString(), key.encode()))
         for letter in result.dead:
             key = letter.event_id or f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
-            sent.append(producer.send(s.deadletter_topic, key=key.encode(), value=letter.SerializeToString()))
-        for verdict in result.audit:
-            sent.append(
-                producer.send(s.audit_topic, key=verdict.event_id.encode(), value=verdict.SerializeToString())
-            )
-        await_acknowledged(producer, sent, WRITE_TIMEOUT_S)
+            out.append(Output(s.deadletter_topic, letter.SerializeToString(), key.encode()))
+        out += [Output(s.audit_topic, v.SerializeToString(), v.event_id.encode()) for v in result.audit]
+        return out
 
-    def _reconcile(self, consumer: KafkaConsumer, messages: list[Any]) -> list[Any]:
-        """Check a polled batch against what the broker holds now; return the records to judge.
-
-        Each polled partition's group offset at the broker must be the one this runner committed, and
-        every polled record must be below the partition's end. A broker that lost state in a crash
-        breaks one or the other (see the module docstring): commits lost, or records this consumer
-        fetched before the crash gone and their offsets about to be reused by new records. Then the
-        partition's records are dropped, the consumer seeks to the broker's group offset, the dedupe
-        window is forgotten (the broker lost outputs too) and ``broker_lost_state`` is set so the loop
-        writes with a new producer. Records below the group offset, delivered again, are dropped.
-        When the broker cannot answer, the whole batch is read again later. Costs two small requests
-        per batch (~2.5 ms on loopback)."""
-        parts: dict[TopicPartition, int] = {}  # highest offset polled
-        lows: dict[TopicPartition, int] = {}
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            parts[tp] = max(parts.get(tp, -1), m.offset)
-            lows[tp] = min(lows.get(tp, m.offset), m.offset)
-        if not parts:
-            return messages
-        try:
-            group = {tp: consumer.committed(tp) or 0 for tp in parts}
-            ends = consumer.end_offsets(list(parts))
-        except KafkaError as exc:
-            log.warning(
-                "cannot check a polled batch against the broker (%s: %s); reading it again",
-                type(exc).__name__,
-                exc,
-            )
-            for tp, low in lows.items():
-                consumer.seek(tp, low)
-            return []
-        lost = {
-            tp
-            for tp, top in parts.items()
-            if group[tp] < self._committed.get(tp, 0) or top >= ends.get(tp, top + 1)
-        }
-        if lost:
-            log.warning(
-                "the broker lost state (a crash?) on %s: its group offsets are %s (this pipeline had "
-                "committed up to %s), its partition ends %s (polled up to %s). Reading those partitions "
-                "again from the group offsets with a new producer, the dedupe window forgotten, so "
-                "records whose outputs the broker lost are judged again",
-                sorted(f"{tp.topic}:{tp.partition}" for tp in lost),
-                {f"{tp.topic}:{tp.partition}": group[tp] for tp in sorted(lost)},
-                {f"{tp.topic}:{tp.partition}": self._committed.get(tp) for tp in sorted(lost)},
-                {f"{tp.topic}:{tp.partition}": ends.get(tp) for tp in sorted(lost)},
-                {f"{tp.topic}:{tp.partition}": parts[tp] for tp in sorted(lost)},
-            )
-            self._seen = SeenIds(self._settings.dedupe_window)
-            self._shared_seen = SharedSeenIds(self._seen)
-            self.broker_lost_state = True
-            if self.metrics is not None:
-                for tp in lost:
-                    kind = "commits" if group[tp] < self._committed.get(tp, 0) else "records"
-                    self.metrics.lost_state.labels(kind=kind).inc()
-            for tp in lost:
-                self._committed[tp] = group[tp]
-                consumer.seek(tp, group[tp])
-        return [
-            m
-            for m in messages
-            if (tp := TopicPartition(m.topic, m.partition)) not in lost and m.offset >= group[tp]
-        ]
-
-    def _check_group_offsets(
-        self, consumer: KafkaConsumer, spans: dict[TopicPartition, tuple[int, int]]
-    ) -> None:
-        """Just before a commit: the group offsets must still be where this runner left them. A broker
-        that crashed while the batch was judged may have lost commits; committing this batch's offsets
-        would then skip the records between. Raise, so the batch is read again and reconciled."""
-        for tp in spans:
-            mine = self._committed.get(tp)
-            if mine is not None and (consumer.committed(tp) or 0) < mine:
-                raise KafkaError(
-                    f"the group offset of {tp.topic}:{tp.partition} went back: the broker lost commits"
-                )
-
-    def run_batch(self, consumer: KafkaConsumer, producer: KafkaProducer, messages: list[Any]) -> BatchResult:
+    def run_batch(self, consumer: KafkaConsumer, writer: BatchWriter, messages: list[Any]) -> BatchResult:
+        """Judge one polled batch and write its outputs with its offsets. On ``KafkaEdgeError`` the
+        consumer is rewound to the batch's first records (nothing of it was committed)."""
         s = self._settings
-        spans: dict[TopicPartition, tuple[int, int]] = {}
-        records = []
-        for m in messages:
-            tp = TopicPartition(m.topic, m.partition)
-            lo, hi = spans.get(tp, (m.offset, m.offset))
-            spans[tp] = (min(lo, m.offset), max(hi, m.offset))
-            records.append(
-                KafkaRecord(
-                    topic=m.topic,
-                    partition=m.partition,
-                    offset=m.offset,
-                    key=m.key,
-                    value=m.value or b"",
-                    content_type=_content_type(m.headers),
-                    timestamp_ms=m.timestamp or 0,
-                )
+        batch = spans(messages)
+        records = [
+            KafkaRecord(
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                key=m.key,
+                value=m.value or b"",
+                content_type=_content_type(m.headers),
+                timestamp_ms=m.timestamp or 0,
             )
-        batch_id = batch_identity(s.group_id, spans)
+            for m in messages
+        ]
+        batch_id = batch_identity(s.group_id, batch)
         st = self.stats
         began = time.monotonic()
         if st.first_batch_at is None:
@@ -515,34 +356,13 @@ class MicroBatchRunner:
                 f"{len(result.verdicts)} verdicts + {len(result.dead)} dead letters"
             )
         beam_done = time.monotonic()
-        tx_note = f" {TX_NOTE}{producer.config['transactional_id']}" if s.transactional else ""
-        offsets = {tp: OffsetAndMetadata(hi + 1, batch_id + tx_note, -1) for tp, (_, hi) in spans.items()}
         try:
-            if s.transactional:
-                if self._announced is not producer:
-                    self._take_over(consumer, producer, spans)
-                self._check_group_offsets(consumer, spans)
-                producer.begin_transaction()
-                try:
-                    self._write(producer, result)
-                    producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-                    producer.commit_transaction()
-                except KafkaError:
-                    with contextlib.suppress(KafkaError):
-                        producer.abort_transaction()
-                    raise
-            else:
-                self._write(producer, result)
-                producer.flush()
-                consumer.commit(offsets)
-        except KafkaError:
-            for tp, (lo, _) in spans.items():  # read the batch again
-                consumer.seek(tp, lo)
+            writer.write(consumer, self._outputs(result), offsets_after(batch, batch_id))
+        except KafkaEdgeError:
+            rewind(consumer, batch)
             raise
         self._seen.add_all(v.event_id for v in result.verdicts)
         self._seen.add_all(result.unsampled_ids)
-        for tp, (_, hi) in spans.items():
-            self._committed[tp] = hi + 1
         st.last_batch_done_at = time.monotonic()
         if self.metrics is not None:
             self.metrics.batches.inc()
@@ -567,59 +387,50 @@ class MicroBatchRunner:
         return result
 
     def run(self) -> RunStats:
+        """Batch after batch until stopped (or idle, with ``exit_when_idle_s``). Raises ``FencedError``
+        when a newer instance with the same transactional id took over."""
         s = self._settings
         consumer = self._consumer()
-        producer = self._producer()
+        writer = self._writer()
         backoff = 0.5
         idle_since = time.monotonic()
         last_log = time.monotonic()
-        log.info(
-            "pipeline consuming %s as group %s, judges %s, cascade %s",
-            s.input_topic,
-            s.group_id,
-            self.config.endpoints,
-            self.config.cascade.version,
-        )
         try:
-            assigned = 1
+            writer.ready()  # initialises the transactional id: fences a predecessor, aborts its transaction
+            log.info(
+                "pipeline consuming %s as group %s, judges %s, cascade %s, transactional id %s",
+                s.input_topic,
+                s.group_id,
+                self.config.endpoints,
+                self.config.cascade.version,
+                writer.transactional_id,
+            )
             while not self._stop.is_set():
-                messages = self._reconcile(consumer, self._poll_batch(consumer))
-                if s.transactional and (self._assignments.count > assigned or self.broker_lost_state):
-                    # Assigned again (the group was rebuilt, as after a broker restart) or the broker
-                    # lost state. A producer that carries on across a broker crash can find the restored
-                    # broker holding one of its transactions open, which hides its later commits; start
-                    # a new one and fence it.
-                    assigned = self._assignments.count
-                    self.broker_lost_state = False
-                    log.info("writing with a new producer from here on (the broker restarted or lost state)")
-                    with contextlib.suppress(KafkaError):
-                        producer.close(timeout=5)
-                    self._retired.append(producer.config["transactional_id"])
-                    producer = self._producer()
+                try:
+                    messages = self._poll_batch(consumer)
+                except KafkaError as exc:
+                    if fenced(exc):  # a newer instance joined with this group instance id
+                        raise explain(self._kafka, "polling", exc) from exc
+                    raise
                 now = time.monotonic()
                 if messages:
                     try:
-                        self.run_batch(consumer, producer, messages)
+                        self.run_batch(consumer, writer, messages)
                         backoff = 0.5
-                    except KafkaError as exc:
+                    except FencedError:
+                        raise
+                    except KafkaEdgeError as exc:
                         self.stats.retries += 1
                         if self.metrics is not None:
                             self.metrics.retries.inc()
                         log.warning(
-                            "writing a batch of %d records failed (%s: %s); nothing of it is visible, "
-                            "retrying from the batch start in %.1fs with a new producer",
-                            len(messages),
-                            type(exc).__name__,
+                            "%s; nothing of it is visible: reading it again in %.1fs, written with a new "
+                            "producer under the same transactional id",
                             exc,
                             backoff,
                         )
-                        with contextlib.suppress(KafkaError):
-                            producer.close(timeout=5)
-                        if s.transactional:
-                            self._retired.append(producer.config["transactional_id"])
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, 30.0)
-                        producer = self._producer()
                         continue
                     idle_since = now
                 elif s.exit_when_idle_s and now - idle_since >= s.exit_when_idle_s:
@@ -640,7 +451,7 @@ class MicroBatchRunner:
                     )
         finally:
             consumer.close()
-            producer.close()
+            writer.close()
         return self.stats
 
 
@@ -775,7 +586,11 @@ def run(argv: Sequence[str] | None = None) -> RunStats | None:
         )
         server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_port)
-    stats = runner.run()
+    try:
+        stats = runner.run()
+    except FencedError as exc:
+        log.error("pipeline stopped: %s", exc)
+        raise SystemExit(FENCED_EXIT_CODE) from exc
     log.info(
         "pipeline stopped after %d batches, %d events (pid %d)", stats.batches, stats.events_in, os.getpid()
     )

@@ -72,11 +72,12 @@ class PipelineSettings(BaseSettings):
     dedupe_window: Annotated[int, Field(ge=1)] = 200_000
     #: Write outputs and commit offsets in one Kafka transaction (exactly once). Off: at least once.
     transactional: bool = True
-    #: Transactional id prefix; each producer adds a random suffix (see run.py, docs/kafka.md).
-    transactional_id: str = "evalstream-pipeline"
+    #: Transactional id, stable per pipeline instance (one process per id): a restarted instance fences
+    #: its predecessor and Kafka aborts the transaction it left open (docs/kafka.md).
+    transactional_id: str = "evalstream-pipeline-0"
     #: Static group membership (KIP-345): a restarted process with the same id gets its partitions back
-    #: at once instead of waiting for the broker to expire the dead member (noida-db never does).
-    #: One per pipeline process; empty: the transactional id prefix.
+    #: at once instead of waiting for the group's session timeout to expire the dead member.
+    #: One per pipeline process; empty: the transactional id.
     group_instance_id: str = ""
     #: Serve the process's own health on http://metrics_host:metrics_port/metrics (None: off; 0: any
     #: free port, logged). See ``pipelines/evalstream/pipeline/metrics.py``.

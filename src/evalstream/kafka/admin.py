@@ -9,9 +9,10 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from evalstream.kafka import clients
+from evalstream.kafka.clients import KafkaEdgeError
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.wire import topics
-from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -48,9 +49,9 @@ def ensure_topics(
 ) -> list[str]:
     """Create each missing topic with its partition count and configs; returns the names created."""
     try:
-        admin = KafkaAdminClient(**kafka.client_kwargs())
-    except KafkaError as exc:
-        raise TopicSetupError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from exc
+        admin = clients.admin(kafka)
+    except KafkaEdgeError as exc:
+        raise TopicSetupError(str(exc)) from exc
     try:
         existing = set(admin.list_topics())
         missing = [

@@ -10,10 +10,12 @@ letters do not record the topic their event came from), protobuf-encoded with th
 header and an ``evalstream-redrive`` header naming the reason.
 
 **Exactly once.** The republished events and the group's offsets are written in one Kafka
-transaction per polled batch, so a dead letter is redriven once even when the command is stopped and
-run again; the next run starts after the last. Dead letters of other stages (bad input: redriving it
-would fail the same way) and ones whose ``raw`` was truncated are skipped and counted, never lost:
-they stay on the dead-letter topic.
+transaction per polled batch (``evalstream.kafka.transactions.BatchWriter``, the pipeline runner's
+step), so a dead letter is redriven once even when the command is stopped and run again; the next run
+starts after the last. The transactional id is ``<group>-0``: a second redrive of the same group
+fences the first, which stops with an error instead of publishing twice. Dead letters of other
+stages (bad input: redriving it would fail the same way) and ones whose ``raw`` was truncated are
+skipped and counted, never lost: they stay on the dead-letter topic.
 
 **Accounting.** A redriven event is a new input record: the pipeline counts it in ``events in`` again
 and it ends as a verdict (or another dead letter); its first dead letter stays where it was. So
@@ -26,9 +28,7 @@ Exceptions: ``RedriveError`` (Kafka unreachable, a write not acknowledged).
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,11 +36,12 @@ from typing import Annotated, Any, Final
 
 import typer
 from google.protobuf.message import DecodeError
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from evalstream.kafka.writes import await_acknowledged
+from evalstream.kafka.clients import KafkaEdgeError, consumer
+from evalstream.kafka.transactions import BatchWriter, Output
 from evalstream.pipeline.records import DeadReason, Stage
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.v1 import verdict_pb2
@@ -105,58 +106,54 @@ def redrive(
         raise ValueError(f"cannot redrive {unknown}: choose from {sorted(str(r) for r in REDRIVABLE)}")
     report = RedriveReport()
     try:
-        consumer = KafkaConsumer(
+        reader = consumer(
+            kafka,
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            **kafka.client_kwargs(),
         )
-    except KafkaError as exc:
-        raise RedriveError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from exc
-    producer: KafkaProducer | None = None
+    except KafkaEdgeError as exc:
+        raise RedriveError(str(exc)) from exc
+    writer = None if dry_run else BatchWriter(kafka, transactional_id=f"{group_id}-0")
     try:
-        parts = consumer.partitions_for_topic(deadletter_topic)
+        parts = reader.partitions_for_topic(deadletter_topic)
         if not parts:
             return report  # no dead-letter topic: nothing was ever dead-lettered
         assigned = [TopicPartition(deadletter_topic, p) for p in sorted(parts)]
-        consumer.assign(assigned)
-        ends = consumer.end_offsets(assigned)
-        if not dry_run:
-            producer = KafkaProducer(
-                transactional_id=f"{group_id}-{uuid.uuid4().hex[:12]}", acks="all", **kafka.client_kwargs()
-            )
-            producer.init_transactions()
+        reader.assign(assigned)
+        ends = reader.end_offsets(assigned)
+        if writer is not None:
+            writer.ready()
         deadline = time.monotonic() + caught_up_timeout_s
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
+        while any(reader.position(tp) < end for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 raise RedriveError(
                     f"did not reach the end of {deadletter_topic} within {caught_up_timeout_s:.0f}s"
                 )
-            batch = [m for ms in consumer.poll(timeout_ms=500, max_records=1000).values() for m in ms]
+            batch = [m for ms in reader.poll(timeout_ms=500, max_records=1000).values() for m in ms]
             if batch:
-                _one_batch(consumer, producer, batch, wanted, events_topic, report)
+                _one_batch(reader, writer, batch, wanted, events_topic, report)
         return report
-    except KafkaError as exc:
+    except (KafkaError, KafkaEdgeError) as exc:
         raise RedriveError(
             f"redrive failed, nothing of the last batch published: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
-        if producer is not None:
-            with contextlib.suppress(KafkaError):
-                producer.close(timeout=5)
-        consumer.close()
+        if writer is not None:
+            writer.close()
+        reader.close()
 
 
 def _one_batch(
-    consumer: KafkaConsumer,
-    producer: KafkaProducer | None,
+    reader: KafkaConsumer,
+    writer: BatchWriter | None,
     batch: list[Any],
     wanted: frozenset[str],
     events_topic: str,
     report: RedriveReport,
 ) -> None:
-    outgoing: list[tuple[str, bytes, bytes, str]] = []  # (topic, key, value, reason)
+    outgoing: list[tuple[Output, str]] = []  # (event, reason)
     offsets: dict[TopicPartition, OffsetAndMetadata] = {}
     for m in batch:
         report.read += 1
@@ -170,34 +167,16 @@ def _one_batch(
         if why_not is not None:
             report.skipped[why_not] += 1
             continue
-        outgoing.append((events_topic, letter.event_id.encode(), letter.raw, letter.error_type))
-    if producer is None:  # dry run: count only
-        report.published += len(outgoing)
-        report.by_reason.update(r for *_, r in outgoing)
-        return
-    producer.begin_transaction()
-    try:
-        futures = [
-            producer.send(
-                topic,
-                key=key,
-                value=value,
-                headers=[
-                    (topics.CONTENT_TYPE_HEADER, topics.CONTENT_TYPE_PROTOBUF.encode()),
-                    (REDRIVE_HEADER, reason.encode()),
-                ],
-            )
-            for topic, key, value, reason in outgoing
-        ]
-        await_acknowledged(producer, futures)
-        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-        producer.commit_transaction()
-    except KafkaError:
-        with contextlib.suppress(KafkaError):
-            producer.abort_transaction()
-        raise
+        headers = (
+            (topics.CONTENT_TYPE_HEADER, topics.CONTENT_TYPE_PROTOBUF.encode()),
+            (REDRIVE_HEADER, letter.error_type.encode()),
+        )
+        event = Output(events_topic, letter.raw, letter.event_id.encode(), headers)
+        outgoing.append((event, letter.error_type))
+    if writer is not None:  # else a dry run: count only
+        writer.write(reader, [event for event, _ in outgoing], offsets)
     report.published += len(outgoing)
-    report.by_reason.update(r for *_, r in outgoing)
+    report.by_reason.update(reason for _, reason in outgoing)
 
 
 def redrive_command(
