@@ -254,6 +254,7 @@ def test_llm_breaker_opens_on_a_5xx_burst_fails_fast_and_closes_with_metrics() -
     endpoint = Endpoint()
     settings = LLMJudgeSettings(
         base_url="http://llm.invalid/v1",
+        check_model=False,
         logprobs=False,
         fallback_samples=1,
         breaker_failures=3,
@@ -302,7 +303,11 @@ def test_llm_breaker_opens_on_a_5xx_burst_fails_fast_and_closes_with_metrics() -
 def test_llm_breaker_can_be_turned_off() -> None:
     endpoint = Endpoint()
     settings = LLMJudgeSettings(
-        base_url="http://llm.invalid/v1", logprobs=False, fallback_samples=1, breaker_failures=0
+        base_url="http://llm.invalid/v1",
+        check_model=False,
+        logprobs=False,
+        fallback_samples=1,
+        breaker_failures=0,
     )
     policy = LLMRetryPolicy(deadline_s=60, max_attempts=2, backoff_initial_s=0.001, backoff_max_s=0.001)
     registry = CollectorRegistry()

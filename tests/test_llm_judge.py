@@ -312,7 +312,9 @@ def test_retries_stop_before_the_deadline_would_pass() -> None:
     policy = RetryPolicy(
         deadline_s=3.5, attempt_timeout_s=1, max_attempts=10, backoff_initial_s=0.001, backoff_max_s=0.001
     )
-    settings = LLMJudgeSettings(base_url="http://llm.invalid/v1", logprobs=False, fallback_samples=1)
+    settings = LLMJudgeSettings(
+        base_url="http://llm.invalid/v1", check_model=False, logprobs=False, fallback_samples=1
+    )
     with LLMJudge(settings, policy=policy, clock=clock, transport=httpx.MockTransport(always_503)) as judge:
         (out,) = judge.judge_batch([item("x", "p", "r")], frozenset({"refusal"}))
     assert seen == [0.0, 1.0, 2.0, 3.0]
@@ -327,7 +329,7 @@ def test_close_interrupts_a_backoff_sleep_and_ends_queued_calls() -> None:
         return httpx.Response(503)
 
     policy = RetryPolicy(deadline_s=600, max_attempts=5, backoff_initial_s=300, backoff_max_s=300)
-    settings = LLMJudgeSettings(base_url="http://llm.invalid/v1", max_concurrency=1)
+    settings = LLMJudgeSettings(base_url="http://llm.invalid/v1", check_model=False, max_concurrency=1)
     judge = LLMJudge(settings, policy=policy, transport=httpx.MockTransport(always_503))
     result: list[ItemOutcome] = []
     batch = [item(str(i), "p", "r") for i in range(3)]
@@ -657,7 +659,12 @@ def test_unknown_items_and_models_are_rejected_without_retries(replay: ReplayPro
         assert judge.totals().get("retries", 0) == 0
     assert unknown.error_type == "rejected" and "item_not_recorded" not in unknown.error
     assert "no recorded gpt-4 verdict" in unknown.error
-    with make_judge(replay, model="gpt-5") as judge:
+    with make_judge(replay, model="gpt-5") as judge:  # not in GET /v1/models: no completion is sent
+        (bad_model,) = judge.judge_batch([item("u", "q", "r")], frozenset({"refusal"}))
+        assert judge.totals().get("calls", 0) == 0
+    assert bad_model.error_type == "model_mismatch" and "does not serve model 'gpt-5'" in bad_model.error
+    assert "gpt-4" in bad_model.error  # what it does serve
+    with make_judge(replay, model="gpt-5", check_model=False) as judge:  # the endpoint's own answer
         (bad_model,) = judge.judge_batch([item("u", "q", "r")], frozenset({"refusal"}))
     assert bad_model.error_type == "rejected" and "does not exist" in bad_model.error
 
@@ -695,6 +702,7 @@ def test_an_injection_can_at_most_pick_a_label_from_the_set(gullible: ReplayProc
     assert j.label in {str(lab) for lab in RefusalLabel} and set(out.extra) <= {
         "refusal.confidence_source",
         "refusal.agreement",
+        "refusal.response_format",
     }
 
 

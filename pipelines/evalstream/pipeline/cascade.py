@@ -200,6 +200,7 @@ def judge_batch(
         for pos, (i, ds) in enumerate(wanted):
             result = None if failure else response.results[pos]
             by_dim = {j.dimension: j for j in result.judgements} if result else {}
+            dim_errors = {e.dimension: e for e in result.dimension_errors} if result else {}
             if result is not None and not result.error:
                 stats[i].update(result.stats)
             for dim in ds:
@@ -213,6 +214,8 @@ def judge_batch(
                         f"tier {tier}: {result.error_type}: {result.error}",
                     )
                 judgement = by_dim.get(dim)
+                if problem is None and judgement is None and (err := dim_errors.get(dim)) is not None:
+                    problem = (DeadReason.JUDGE_ITEM_ERROR, f"tier {tier}: {err.error_type}: {err.error}")
                 if problem is None and judgement is None:
                     problem = (DeadReason.JUDGE_ITEM_ERROR, f"tier {tier} returned no {dim!r} judgement")
                 if problem is not None or judgement is None:
@@ -232,6 +235,7 @@ def judge_batch(
                         cost=st.cost,
                         judge=judgement.judge,
                         needs_audit=judgement.confidence < threshold,
+                        confidence_source=judgement.confidence_source,
                     )
 
     probed = (

@@ -26,7 +26,7 @@ from evalstream.v1 import events_pb2 as evalstream_dot_v1_dot_events__pb2
 from evalstream.v1 import verdict_pb2 as evalstream_dot_v1_dot_verdict__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65valstream/v1/judge.proto\x12\revalstream.v1\x1a\x1a\x65valstream/v1/events.proto\x1a\x1b\x65valstream/v1/verdict.proto\"D\n\tJudgeItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.evalstream.v1.LLMEvent\"K\n\x0cJudgeRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.evalstream.v1.JudgeItem\x12\x12\n\ndimensions\x18\x02 \x03(\t\"\xd1\x01\n\nItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12,\n\njudgements\x18\x02 \x03(\x0b\x32\x18.evalstream.v1.Judgement\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x33\n\x05stats\x18\x05 \x03(\x0b\x32$.evalstream.v1.ItemResult.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"X\n\rJudgeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalstream.v1.ItemResult\x12\r\n\x05judge\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\r2R\n\x0cJudgeService\x12\x42\n\x05Judge\x12\x1b.evalstream.v1.JudgeRequest\x1a\x1c.evalstream.v1.JudgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65valstream/v1/judge.proto\x12\revalstream.v1\x1a\x1a\x65valstream/v1/events.proto\x1a\x1b\x65valstream/v1/verdict.proto\"D\n\tJudgeItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12&\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x17.evalstream.v1.LLMEvent\"K\n\x0cJudgeRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.evalstream.v1.JudgeItem\x12\x12\n\ndimensions\x18\x02 \x03(\t\"\xed\x02\n\nItemResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12,\n\njudgements\x18\x02 \x03(\x0b\x32\x18.evalstream.v1.Judgement\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x33\n\x05stats\x18\x05 \x03(\x0b\x32$.evalstream.v1.ItemResult.StatsEntry\x12\x37\n\x10\x64imension_errors\x18\x06 \x03(\x0b\x32\x1d.evalstream.v1.DimensionError\x12\x33\n\x05\x65xtra\x18\x07 \x03(\x0b\x32$.evalstream.v1.ItemResult.ExtraEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x0e\x44imensionError\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t\"X\n\rJudgeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.evalstream.v1.ItemResult\x12\r\n\x05judge\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\r2R\n\x0cJudgeService\x12\x42\n\x05Judge\x12\x1b.evalstream.v1.JudgeRequest\x1a\x1c.evalstream.v1.JudgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ITEMRESULT_STATSENTRY']._loaded_options = None
   _globals['_ITEMRESULT_STATSENTRY']._serialized_options = b'8\001'
+  _globals['_ITEMRESULT_EXTRAENTRY']._loaded_options = None
+  _globals['_ITEMRESULT_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_JUDGEITEM']._serialized_start=101
   _globals['_JUDGEITEM']._serialized_end=169
   _globals['_JUDGEREQUEST']._serialized_start=171
   _globals['_JUDGEREQUEST']._serialized_end=246
   _globals['_ITEMRESULT']._serialized_start=249
-  _globals['_ITEMRESULT']._serialized_end=458
-  _globals['_ITEMRESULT_STATSENTRY']._serialized_start=414
-  _globals['_ITEMRESULT_STATSENTRY']._serialized_end=458
-  _globals['_JUDGERESPONSE']._serialized_start=460
-  _globals['_JUDGERESPONSE']._serialized_end=548
-  _globals['_JUDGESERVICE']._serialized_start=550
-  _globals['_JUDGESERVICE']._serialized_end=632
+  _globals['_ITEMRESULT']._serialized_end=614
+  _globals['_ITEMRESULT_STATSENTRY']._serialized_start=524
+  _globals['_ITEMRESULT_STATSENTRY']._serialized_end=568
+  _globals['_ITEMRESULT_EXTRAENTRY']._serialized_start=570
+  _globals['_ITEMRESULT_EXTRAENTRY']._serialized_end=614
+  _globals['_DIMENSIONERROR']._serialized_start=616
+  _globals['_DIMENSIONERROR']._serialized_end=686
+  _globals['_JUDGERESPONSE']._serialized_start=688
+  _globals['_JUDGERESPONSE']._serialized_end=776
+  _globals['_JUDGESERVICE']._serialized_start=778
+  _globals['_JUDGESERVICE']._serialized_end=860
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ class Cost(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., usd: _Optional[float] = ...) -> None: ...
 
 class Judgement(_message.Message):
-    __slots__ = ("dimension", "label", "score", "confidence", "cost", "judge", "rationale")
+    __slots__ = ("dimension", "label", "score", "confidence", "cost", "judge", "rationale", "confidence_source")
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class Judgement(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     dimension: str
     label: str
     score: float
@@ -37,10 +38,11 @@ class Judgement(_message.Message):
     cost: Cost
     judge: str
     rationale: str
-    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., rationale: _Optional[str] = ...) -> None: ...
+    confidence_source: str
+    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence_source: _Optional[str] = ...) -> None: ...
 
 class DimensionVerdict(_message.Message):
-    __slots__ = ("dimension", "label", "score", "confidence", "deciding_tier", "tiers_tried", "cost", "judge", "needs_audit")
+    __slots__ = ("dimension", "label", "score", "confidence", "deciding_tier", "tiers_tried", "cost", "judge", "needs_audit", "confidence_source")
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +52,7 @@ class DimensionVerdict(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     NEEDS_AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     dimension: str
     label: str
     score: float
@@ -59,7 +62,8 @@ class DimensionVerdict(_message.Message):
     cost: Cost
     judge: str
     needs_audit: bool
-    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., deciding_tier: _Optional[int] = ..., tiers_tried: _Optional[_Iterable[int]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., needs_audit: _Optional[bool] = ...) -> None: ...
+    confidence_source: str
+    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., deciding_tier: _Optional[int] = ..., tiers_tried: _Optional[_Iterable[int]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., needs_audit: _Optional[bool] = ..., confidence_source: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("event_id", "event_time", "model", "model_version", "route", "dimensions", "sample_rate", "forced", "judged_at", "cascade_version", "response_chars", "response_stats", "embedding_probe")

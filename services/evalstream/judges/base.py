@@ -13,7 +13,15 @@ from typing import Protocol, runtime_checkable
 
 from evalstream.v1 import events_pb2
 
-__all__ = ["BudgetedJudge", "ItemOutcome", "Judge", "JudgeInput", "JudgeOutput", "input_from_event"]
+__all__ = [
+    "BudgetedJudge",
+    "DimensionFailure",
+    "ItemOutcome",
+    "Judge",
+    "JudgeInput",
+    "JudgeOutput",
+    "input_from_event",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,14 +53,27 @@ class JudgeOutput:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    #: Where ``confidence`` came from (``verdict.proto`` ``Judgement.confidence_source``); "" unsaid.
+    confidence_source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DimensionFailure:
+    """One dimension the judge could not answer for one item."""
+
+    dimension: str
+    error: str
+    error_type: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ItemOutcome:
     item_id: str
     judgements: tuple[JudgeOutput, ...] = ()
-    error: str = ""  # non-empty: this item could not be judged
+    error: str = ""  # non-empty: this item could not be judged at all
     error_type: str = ""
+    #: Every dimension asked for and not answered, also when others were (then ``error`` is empty).
+    dimension_errors: tuple[DimensionFailure, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     #: Statistics of the item's input, named by ``evalstream.wire.dimensions.EmbeddingStat`` (tier 1: its
     #: response embedding's); never a judgement. Empty for judges that compute none.

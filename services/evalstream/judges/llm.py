@@ -10,12 +10,37 @@ The parts, each with its own docstring:
   wire types, the error tree translated from httpx, the circuit breaker's use and API-key scrubbing;
 - ``llm_votes``: confidence (logprobs, else agreement across samples, panel models and orders) and
   how votes combine into one decision;
+- ``llm_dialect``: which structured-output dialect the endpoint speaks (negotiated once);
+- ``concurrency``: how many calls the endpoint gets at once (adaptive);
 - this module: the judge, which fans a batch out into calls and decides each item from its votes.
+
+No per-item problem fails a request: every dimension asked for ends as a judgement or as a
+``DimensionFailure`` on its item (an item with none answered also carries ``error``, naming every
+dimension's failure), and a bug while deciding one item's votes is logged with its traceback and
+becomes that item's ``internal`` failure.
+
+Where confidence comes from (``JudgeOutput.confidence_source``, counted in ``totals()`` as
+``confidence.<source>``):
+
+- ``logprobs``: the label's token probabilities, while they are usable. They are not when the
+  endpoint returns none, or when at temperature 0 a chosen token is less likely than an alternative
+  the endpoint lists (the logprobs are not the distribution the reply was decoded from: llama.cpp
+  reports the unconstrained distribution under a grammar). The model is then switched, for the
+  judge's life, to
+- ``agreement``: ``fallback_samples`` samples at ``sample_temperature`` and the vote share
+  (``llm_votes``). An endpoint that ignores ``n`` (llama.cpp answers one choice) is asked once per
+  sample instead, each with its own ``seed``;
+- ``single``: only one vote came back (the samples' calls failed or the deadline ended them):
+  confidence ``2/3``, no real measure.
+
+Re-asks differ from the first ask (``seed`` and at least ``sample_temperature``): at temperature 0 an
+identical request gets an identical reply.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, defaultdict
@@ -28,18 +53,22 @@ import httpx
 
 from evalstream.wire.dimensions import Dimension, Tier
 
-from .base import ItemOutcome, JudgeInput, JudgeOutput
+from .base import DimensionFailure, ItemOutcome, JudgeInput, JudgeOutput
 from .circuit import register_breaker_metrics
+from .llm_dialect import DialectNegotiator
 from .llm_http import (
     _MESSAGE_EXCERPT,
     ChatReply,
+    Choice,
     LLMAuthError,
     LLMCircuitOpen,
     LLMClosedError,
     LLMConnectionError,
     LLMDeadlineExceeded,
     LLMError,
+    LLMFormatUnsupported,
     LLMJudgeSettings,
+    LLMModelMismatch,
     LLMProtocolError,
     LLMRateLimitError,
     LLMRejectedError,
@@ -50,14 +79,18 @@ from .llm_http import (
     RetryPolicy,
     TokenLogprob,
     _ChatClient,
+    model_listed,
+    model_matches,
 )
 from .llm_votes import Vote, _vote, combine_votes, label_probabilities, score_probabilities
 from .prompts import (
+    Dialect,
     PromptTemplate,
     ReplySchemaError,
     load_prompt,
     parse_reply,
     response_format,
+    schema_instruction,
 )
 
 if TYPE_CHECKING:
@@ -73,8 +106,10 @@ __all__ = [
     "LLMConnectionError",
     "LLMDeadlineExceeded",
     "LLMError",
+    "LLMFormatUnsupported",
     "LLMJudge",
     "LLMJudgeSettings",
+    "LLMModelMismatch",
     "LLMProtocolError",
     "LLMRateLimitError",
     "LLMRejectedError",
@@ -95,6 +130,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 JUDGE_KIND: Final = "llm"
+#: A chosen token this much (natural log) less likely than a listed alternative, at temperature 0,
+#: shows logprobs that are not the distribution the reply was decoded from.
+_GREEDY_SLACK: Final = math.log(1.01)
 
 
 # --------------------------------------------------------------------------------------------- judge
@@ -125,6 +163,7 @@ class _CallResult:
     votes: list[Vote]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    dialect: str = ""
 
 
 @dataclass(slots=True)
@@ -158,7 +197,9 @@ class LLMJudge:
             max_workers=self._settings.max_concurrency, thread_name_prefix="llm-judge"
         )
         self._lock = threading.Lock()
-        self._no_logprobs: set[str] = set()  # models whose replies came without logprobs
+        self._no_logprobs: dict[str, str] = {}  # model -> why its logprobs are not used
+        self._ignores_n: set[str] = set()  # models whose endpoint answers one choice whatever ``n``
+        self._dialects = DialectNegotiator(self._settings.response_format, clock=clock)
         self._totals = _Totals()
 
     DIMENSIONS: ClassVar[frozenset[Dimension]] = frozenset(
@@ -182,9 +223,24 @@ class LLMJudge:
         return frozenset(str(d) for d in self.DIMENSIONS)
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """The endpoint's circuit-breaker metrics, on the judge server's registry."""
+        """The endpoint's circuit-breaker and concurrency-limit metrics, on the judge server's registry."""
         if self._client.breaker is not None:
             register_breaker_metrics(registry, self.name, [(str(self._client.where), self._client.breaker)])
+        from prometheus_client import Gauge
+
+        Gauge(
+            "evalstream_llm_judge_concurrency_limit",
+            "Calls the LLM judge lets be in flight to its endpoint now (adaptive).",
+            ["judge", "endpoint"],
+            registry=registry,
+        ).labels(judge=self.name, endpoint=str(self._client.where)).set_function(
+            lambda: self._client.limit.snapshot().limit
+        )
+
+    @property
+    def dialect(self) -> str:
+        """The structured-output dialect in use (under ``auto``: the one found so far)."""
+        return self._dialects.current
 
     def totals(self) -> dict[str, float]:
         """Calls, attempts, retries, re-asks, tokens, cost and errors by type since start."""
@@ -274,36 +330,53 @@ class LLMJudge:
         for call, result in zip(calls, results, strict=True):
             by_job[call.job].append((call, result))
         judgements: dict[int, list[JudgeOutput]] = defaultdict(list)
-        failures: dict[int, list[tuple[Dimension, LLMError]]] = defaultdict(list)
+        failures: dict[int, list[DimensionFailure]] = defaultdict(list)
         extras: dict[int, dict[str, str]] = defaultdict(dict)
         for j, (i, dim, _) in enumerate(jobs):
-            output, failure, extra = self._decide(dim, by_job[j])
+            output, failure, extra = self._decide_safely(dim, by_job[j])
             extras[i].update(extra)
             if output is not None:
                 judgements[i].append(output)
             if failure is not None:
-                failures[i].append((dim, failure))
+                failures[i].append(failure)
         outcomes = []
         for i, item_id in enumerate(item_ids):
-            extra = extras.get(i, {})
-            if failures.get(i) and not judgements.get(i):
-                dim, exc = failures[i][0]
-                raw = ""
-                if isinstance(exc, LLMUnparseableReply):  # what the model said, for the dead letter
-                    raw = f"; raw reply: {exc.raw[: self._settings.raw_reply_chars // 5]!r}"
-                outcomes.append(
-                    ItemOutcome(
-                        item_id=item_id,
-                        error=self._client.scrub(f"{dim}: {exc} (after {exc.attempts} attempts){raw}"),
-                        error_type=exc.error_type,
-                        extra=extra,
-                    )
+            failed = tuple(failures.get(i, ()))
+            error, error_type = "", ""
+            if failed and not judgements.get(i):  # nothing answered: the item's error names every failure
+                error = "; ".join(f.error for f in failed)
+                types = {f.error_type for f in failed}
+                error_type = failed[0].error_type if len(types) == 1 else "mixed"
+            outcomes.append(
+                ItemOutcome(
+                    item_id=item_id,
+                    judgements=tuple(judgements.get(i, ())),
+                    error=error,
+                    error_type=error_type,
+                    dimension_errors=failed,
+                    extra=extras.get(i, {}),
                 )
-            else:
-                outcomes.append(
-                    ItemOutcome(item_id=item_id, judgements=tuple(judgements.get(i, ())), extra=extra)
-                )
+            )
         return outcomes
+
+    def _decide_safely(
+        self, dim: Dimension, results: list[tuple[_Call, _CallResult | LLMError]]
+    ) -> tuple[JudgeOutput | None, DimensionFailure | None, dict[str, str]]:
+        """``_decide``, with a bug in it confined to this item's dimension (logged with its traceback)."""
+        try:
+            output, exc, extra = self._decide(dim, results)
+        except Exception as bug:
+            _log.exception("LLM judge: deciding %s from %d call results failed", dim, len(results))
+            self._count("errors.internal")
+            message = f"{dim}: the judge failed deciding this item ({type(bug).__name__}: {bug}); see its log"
+            return None, DimensionFailure(dimension=str(dim), error=message, error_type="internal"), {}
+        if exc is None:
+            return output, None, extra
+        raw = ""
+        if isinstance(exc, LLMUnparseableReply):  # what the model said, for the dead letter
+            raw = f"; raw reply: {exc.raw[: self._settings.raw_reply_chars // 5]!r}"
+        message = self._client.scrub(f"{dim}: {exc} (after {exc.attempts} attempts){raw}")
+        return None, DimensionFailure(dimension=str(dim), error=message, error_type=exc.error_type), extra
 
     def _decide(
         self, dim: Dimension, results: list[tuple[_Call, _CallResult | LLMError]]
@@ -318,10 +391,14 @@ class LLMJudge:
             extra[f"{where}.error"] = self._client.scrub(f"{exc.error_type}: {exc}")[:_MESSAGE_EXCERPT]
             if isinstance(exc, LLMUnparseableReply):
                 extra["raw_reply"] = self._client.scrub(exc.raw)[: self._settings.raw_reply_chars]
+        if dialects := {r.dialect for _, r in results if isinstance(r, _CallResult) and r.dialect}:
+            extra[f"{dim}.response_format"] = ",".join(sorted(dialects))
         if not votes:
             return None, errors[0][1] if errors else LLMError("no votes"), extra
         decision = combine_votes(dim, votes)
-        extra[f"{dim}.confidence_source"] = decision.source
+        source = "single" if decision.source == "agreement" and len(votes) == 1 else decision.source
+        self._count(f"confidence.{source}")
+        extra[f"{dim}.confidence_source"] = source
         extra[f"{dim}.agreement"] = decision.agreement
         if dim is Dimension.PAIRWISE:
             first = {v.label for v in votes if not v.swapped}
@@ -341,6 +418,7 @@ class LLMJudge:
             input_tokens=prompt_tokens,
             output_tokens=completion_tokens,
             cost_usd=cost,
+            confidence_source=source,
         )
         return output, None, extra
 
@@ -364,27 +442,123 @@ class LLMJudge:
         return self._prompts[call.dimension].render(texts)
 
     def _body(
-        self, call: _Call, messages: list[dict[str, str]], n: int, with_logprobs: bool
+        self,
+        call: _Call,
+        messages: list[dict[str, str]],
+        *,
+        n: int,
+        with_logprobs: bool,
+        dialect: Dialect,
+        variant: int,
     ) -> dict[str, Any]:
+        """One request. ``variant`` 0 is the first ask; each later one (a re-ask, another sample from
+        an endpoint that ignores ``n``) gets its own ``seed`` and at least ``sample_temperature``, so
+        it is not an identical repeat."""
         s = self._settings
+        temperature = s.temperature if n == 1 else s.sample_temperature
+        if dialect in ("json_object", "none"):  # the schema is not enforced: say it in the prompt
+            system, *rest = messages
+            messages = [{**system, "content": system["content"] + schema_instruction(call.dimension)}, *rest]
         body: dict[str, Any] = {
             "model": call.model,
             "messages": messages,
             "n": n,
-            "temperature": s.temperature if n == 1 else s.sample_temperature,
+            "temperature": temperature if variant == 0 else max(temperature, s.sample_temperature),
             "max_tokens": s.max_tokens,
         }
+        if variant:
+            body["seed"] = variant
         if with_logprobs:
             body["logprobs"] = True
             if s.top_logprobs:
                 body["top_logprobs"] = s.top_logprobs
-        if (fmt := response_format(call.dimension, s.response_format)) is not None:
+        if (fmt := response_format(call.dimension, dialect)) is not None:
             body["response_format"] = fmt
         return body
 
+    def _check_served(self, model: str, deadline: float) -> None:
+        """``LLMModelMismatch`` when the endpoint's model list (asked once) does not have ``model``."""
+        if not self._settings.check_model:
+            return
+        served = self._client.served_models(timeout=min(5.0, deadline - self._clock()))
+        if served is not None and not model_listed(model, served):
+            raise LLMModelMismatch(
+                f"{self._client.where} does not serve model {model!r} (EVALSTREAM_LLM_MODEL or "
+                f"EVALSTREAM_LLM_PANEL); GET /models lists {sorted(served)[:10]}: set the judge's model "
+                "to one of them"
+            )
+
+    def _complete(
+        self,
+        call: _Call,
+        messages: list[dict[str, str]],
+        *,
+        n: int,
+        with_logprobs: bool,
+        variant: int,
+        deadline: float,
+    ) -> tuple[ChatReply, Dialect]:
+        """One completion in the endpoint's dialect (found by asking, under ``auto``), its usage
+        counted and its model checked."""
+        s = self._settings
+        while True:
+            with self._dialects.probing(deadline):
+                dialect = self._dialects.current
+                body = self._body(
+                    call, messages, n=n, with_logprobs=with_logprobs, dialect=dialect, variant=variant
+                )
+                try:
+                    reply = self._client.complete(
+                        body, deadline=deadline, on_retry=lambda: self._count("retries")
+                    )
+                except LLMFormatUnsupported as exc:
+                    self._count("format_refusals")
+                    nxt = self._dialects.refused(dialect, str(exc))
+                    if nxt is None:
+                        setting = "auto" if self._dialects.auto else dialect
+                        raise LLMFormatUnsupported(
+                            f"{exc}; EVALSTREAM_LLM_RESPONSE_FORMAT={setting} and the endpoint takes no "
+                            "structured-output dialect the judge knows: set it to one the endpoint "
+                            "accepts, or to auto",
+                            status=exc.status,
+                        ) from exc
+                    continue
+                self._dialects.accepted(dialect)
+            cost = (
+                reply.prompt_tokens / 1000 * s.price_input_per_1k
+                + reply.completion_tokens / 1000 * s.price_output_per_1k
+            )
+            self._count("calls")
+            self._count("attempts", reply.attempts)
+            self._count("input_tokens", reply.prompt_tokens)
+            self._count("output_tokens", reply.completion_tokens, cost)
+            if s.check_model and not model_matches(call.model, reply.model, self._client.served_models(0.0)):
+                raise LLMModelMismatch(
+                    f"asked {self._client.where} for model {call.model!r}, but the reply says model "
+                    f"{reply.model!r}; set EVALSTREAM_LLM_MODEL to the model the endpoint serves, or "
+                    "EVALSTREAM_LLM_CHECK_MODEL=false for a gateway that renames models"
+                )
+            return reply, dialect
+
+    def _logprobs_problem(self, choices: Sequence[Choice], greedy: bool) -> str | None:
+        """Why these choices' logprobs cannot be taken as the judge's confidence, or None."""
+        if all(c.logprobs is None for c in choices):
+            return "the endpoint returns no logprobs"
+        if greedy:
+            for c in choices:
+                for tok in c.logprobs or ():
+                    best = max((lp for _, lp in tok.top), default=tok.logprob)
+                    if best > tok.logprob + _GREEDY_SLACK:
+                        return (
+                            f"at temperature 0 it chose token {tok.token!r} ({math.exp(tok.logprob):.3f}) "
+                            f"over a likelier one ({math.exp(best):.3f}): its logprobs are not the "
+                            "distribution it decoded from (constrained decoding)"
+                        )
+        return None
+
     def _call(self, call: _Call) -> _CallResult:
         """One logical call: transport retries inside ``complete``, one re-ask for an unparseable
-        reply, one re-ask with more samples when the endpoint turns out to give no logprobs; all
+        reply, one re-ask with more samples when the endpoint's logprobs turn out to be unusable; all
         within one deadline."""
         s = self._settings
         if self._closing.is_set():
@@ -394,54 +568,79 @@ class LLMJudge:
             deadline = min(deadline, call.budget_end)
             if deadline <= self._clock():
                 raise LLMDeadlineExceeded("the request's time ran out before this call could start")
+        self._check_served(call.model, deadline)
         result = _CallResult(votes=[])
         reasks = 0
-        messages = self._messages(call)  # one rendering (one nonce): a re-ask repeats the same prompt
+        variant = 0
+        messages = self._messages(call)  # one rendering (one nonce) for every ask of this call
         while True:
             with self._lock:
                 known_without = call.model in self._no_logprobs
+                ignores_n = call.model in self._ignores_n
             want_logprobs = s.logprobs and not known_without
             n = s.samples if want_logprobs else max(s.samples, s.fallback_samples)
-            reply = self._client.complete(
-                self._body(call, messages, n, want_logprobs),
-                deadline=deadline,
-                on_retry=lambda: self._count("retries"),
+            ask_n = 1 if ignores_n else n
+            reply, dialect = self._complete(
+                call, messages, n=ask_n, with_logprobs=want_logprobs, variant=variant, deadline=deadline
             )
-            cost = (
-                reply.prompt_tokens / 1000 * s.price_input_per_1k
-                + reply.completion_tokens / 1000 * s.price_output_per_1k
-            )
-            self._count("calls")
-            self._count("attempts", reply.attempts)
-            self._count("input_tokens", reply.prompt_tokens)
-            self._count("output_tokens", reply.completion_tokens, cost)
+            variant += 1
+            result.dialect = dialect
             result.prompt_tokens += reply.prompt_tokens
             result.completion_tokens += reply.completion_tokens
-            if want_logprobs and all(c.logprobs is None for c in reply.choices):
+            choices = list(reply.choices)
+            if ask_n > 1 and len(choices) < ask_n:
                 with self._lock:
-                    self._no_logprobs.add(call.model)
-                if n < s.fallback_samples:
-                    _log.info(
-                        "model %s gives no logprobs: asking for %d samples", call.model, s.fallback_samples
+                    first = call.model not in self._ignores_n
+                    self._ignores_n.add(call.model)
+                if first:
+                    _log.warning(
+                        "model %s answered %d choice(s) for n=%d: asking once per sample from now on",
+                        call.model, len(choices), ask_n,
+                    )  # fmt: skip
+            while len(choices) < n and call.model in self._ignores_n and self._clock() < deadline:
+                try:
+                    more, _ = self._complete(
+                        call, messages, n=1, with_logprobs=want_logprobs, variant=variant, deadline=deadline
                     )
-                    continue
+                except LLMError as exc:  # the samples so far still count
+                    _log.info("an extra sample for model %s failed: %s", call.model, exc)
+                    break
+                variant += 1
+                choices.extend(more.choices)
+                result.prompt_tokens += more.prompt_tokens
+                result.completion_tokens += more.completion_tokens
+            use_logprobs = want_logprobs
+            if want_logprobs:
+                greedy = n == 1 and s.temperature == 0 and variant == 1
+                if (problem := self._logprobs_problem(choices, greedy)) is not None:
+                    use_logprobs = False
+                    with self._lock:
+                        first = call.model not in self._no_logprobs
+                        self._no_logprobs[call.model] = problem
+                    if first:
+                        _log.warning(
+                            "model %s: logprobs not used for confidence (%s); sampling %d replies instead",
+                            call.model, problem, s.fallback_samples,
+                        )  # fmt: skip
+                    if n < s.fallback_samples:
+                        continue
             votes, problems = [], []
-            for choice in reply.choices:
+            for choice in choices:
                 try:
                     parsed = parse_reply(call.dimension, choice.content)
                 except ReplySchemaError as bad:
                     problems.append((bad, choice.content or ""))
                     continue
-                votes.append(_vote(call.dimension, call.model, call.swapped, parsed, choice))
+                votes.append(_vote(call.dimension, call.model, call.swapped, parsed, choice, use_logprobs))
             if votes:
                 result.votes = votes
                 return result
-            first, raw = problems[0]
-            problem = self._client.scrub(str(first))  # the reply's own text, which may echo the key
+            first_problem, raw = problems[0]
+            problem = self._client.scrub(str(first_problem))  # the reply's own text, which may echo the key
             if reasks >= self._policy.reasks:
                 raise LLMUnparseableReply(
                     f"model {call.model} replied {len(problems)}x outside the verdict schema "
-                    f"after {reasks + 1} asks: {problem}",
+                    f"after {reasks + 1} asks (response_format {dialect}): {problem}",
                     raw=self._client.scrub(raw),
                 )
             if self._clock() >= deadline:

@@ -7,18 +7,25 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     ├── LLMConnectionError            connection          yes   connect refused, reset, protocol error
     ├── LLMTimeoutError               timeout             yes   an attempt got no answer in time
     ├── LLMProtocolError              bad_reply           yes   200 but not a chat completion (bad JSON)
+    │   └── LLMNotAnAPI               not_an_api          no    a body that is not JSON by its content
+    │                                                           type (an HTML page): a wrong base URL
     ├── LLMStatusError                http_error          by status (RetryPolicy.retryable_status)
     │   ├── LLMRateLimitError         rate_limited        yes   429; honours retry-after
     │   ├── LLMServerError            server_error        yes   5xx
     │   ├── LLMAuthError              auth                no    401, 403
+    │   ├── LLMFormatUnsupported      format_unsupported  no    4xx/5xx naming response_format: a
+    │   │                                                       capability answer, not a failure
     │   └── LLMRejectedError          rejected            no    other 4xx (unknown model or item, 400)
+    ├── LLMModelMismatch              model_mismatch      no    the endpoint does not serve the model
+    │                                                           configured, or answered with another
     ├── LLMUnparseableReply           unparseable_reply   once  content does not fit the verdict schema
     ├── LLMDeadlineExceeded           deadline_exceeded   no    the call's overall deadline passed
     ├── LLMCircuitOpen                circuit_open        no    the endpoint's circuit is open (failing fast)
     └── LLMClosedError                closed              no    the judge is shutting down
 
 Circuit breaker (``circuit.py``): a call whose retries end on a connection error, timeout, 5xx or
-non-completion reply counts against the endpoint; after ``breaker_failures`` such calls in a row,
+non-completion reply counts against the endpoint (a capability answer, ``format_unsupported``,
+counts neither way); after ``breaker_failures`` such calls in a row,
 calls (and the retries of calls under way) fail fast as ``circuit_open`` for ``breaker_open_s``,
 then one probe attempt decides. Its metrics go on the judge server's registry
 (``LLMJudge.register_metrics``). An unparseable reply's error carries the raw reply, so the
@@ -57,6 +64,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from .circuit import endpoint_breaker
+from .concurrency import AdaptiveLimit, SlotTimeout
 
 __all__ = [
     "ChatReply",
@@ -67,7 +75,10 @@ __all__ = [
     "LLMConnectionError",
     "LLMDeadlineExceeded",
     "LLMError",
+    "LLMFormatUnsupported",
     "LLMJudgeSettings",
+    "LLMModelMismatch",
+    "LLMNotAnAPI",
     "LLMProtocolError",
     "LLMRateLimitError",
     "LLMRejectedError",
@@ -77,11 +88,14 @@ __all__ = [
     "LLMUnparseableReply",
     "RetryPolicy",
     "TokenLogprob",
+    "model_listed",
+    "model_matches",
 ]
 
 _log = logging.getLogger(__name__.removesuffix("_http"))  # log under the judge's name (judges.llm)
 
 _MESSAGE_EXCERPT: Final = 300
+_BODY_HEAD: Final = 120  # bytes of a non-JSON body quoted in the error
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -115,6 +129,14 @@ class LLMProtocolError(LLMError):
     endpoint_failure = True
 
 
+class LLMNotAnAPI(LLMProtocolError):
+    """The endpoint answered with a body whose content type is not JSON (a login page, a proxy's
+    error page): asking again gets the same page."""
+
+    error_type = "not_an_api"
+    retryable = False
+
+
 class LLMStatusError(LLMError):
     error_type = "http_error"
 
@@ -139,6 +161,20 @@ class LLMAuthError(LLMStatusError):
 
 class LLMRejectedError(LLMStatusError):
     error_type = "rejected"
+
+
+class LLMFormatUnsupported(LLMStatusError):
+    """The endpoint refused the request's ``response_format``: it says what the endpoint can do, not
+    that it is unwell. Never retried as is, never counted by the breaker; under
+    ``response_format=auto`` the judge asks again in the next dialect."""
+
+    error_type = "format_unsupported"
+
+
+class LLMModelMismatch(LLMError):
+    """The endpoint does not serve the configured model, or answered with another one."""
+
+    error_type = "model_mismatch"
 
 
 class LLMUnparseableReply(LLMError):
@@ -203,9 +239,20 @@ class LLMJudgeSettings(BaseSettings):
     logprobs: bool = True
     top_logprobs: int = Field(default=5, ge=0, le=20)
     max_tokens: int = Field(default=512, ge=16)
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    #: Structured-output dialect (``EVALSTREAM_LLM_RESPONSE_FORMAT``): ``json_schema`` (OpenAI's
+    #: ``{"type": "json_schema", ...}``), ``json_object_schema`` (llama.cpp's ``{"type": "json_object",
+    #: "schema": ...}``, a grammar), ``json_object`` (JSON mode: any object), ``none`` (no
+    #: ``response_format``; the schema goes in the prompt), or ``auto``: try them in that order, once
+    #: per endpoint, and keep the first the endpoint does not refuse.
+    response_format: Literal["auto", "json_schema", "json_object_schema", "json_object", "none"] = "auto"
+    #: Check the model: at the first call, that ``GET /v1/models`` lists it (when the endpoint has
+    #: that route); on every reply, that the reply names it (or a dated version or alias of it).
+    check_model: bool = True
     pairwise_swap: bool = True
+    #: Calls in flight to the endpoint: adaptive, from ``min_concurrency`` up to ``max_concurrency``
+    #: while latency holds, halved on a timeout or 429 (``concurrency.py``).
     max_concurrency: int = Field(default=8, ge=1)
+    min_concurrency: int = Field(default=1, ge=1)
     deadline_s: float = Field(default=60.0, gt=0)
     attempt_timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
@@ -272,6 +319,7 @@ class ChatReply:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    model: str = ""  # the model the reply says answered ("" when it does not say)
 
 
 def _parse_logprobs(raw: Any) -> tuple[TokenLogprob, ...] | None:
@@ -303,6 +351,7 @@ def _chat_reply(body: Any, attempts: int, scrub: Callable[[str], str]) -> ChatRe
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             attempts=attempts,
+            model=str(body.get("model") or ""),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LLMProtocolError(
@@ -360,6 +409,15 @@ class _ChatClient:
         self.breaker = endpoint_breaker(
             str(self._where), failures=settings.breaker_failures, open_s=settings.breaker_open_s, clock=clock
         )
+        self.limit = AdaptiveLimit(
+            low=min(settings.min_concurrency, settings.max_concurrency),
+            high=settings.max_concurrency,
+            clock=clock,
+        )
+        self._base = settings.base_url.rstrip("/")
+        self._models_lock = threading.Lock()
+        self._served: dict[str, tuple[str, ...]] | None = None  # id -> aliases, from GET /models
+        self._models_checked = False
         limits = httpx.Limits(
             max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
         )
@@ -379,6 +437,32 @@ class _ChatClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def served_models(self, timeout: float) -> dict[str, tuple[str, ...]] | None:
+        """What ``GET {base_url}/models`` lists (model id -> aliases), asked once and remembered. None
+        when the endpoint has no such route or no usable list; a connection failure is not remembered
+        (the next call asks again, and the completion itself reports the failure)."""
+        with self._models_lock:
+            if self._models_checked:
+                return self._served
+            try:
+                response = self._http.get(self._base + "/models", timeout=httpx.Timeout(max(timeout, 0.001)))
+            except httpx.HTTPError as exc:
+                _log.info("GET %s/models failed (%s); will ask again", self._where, type(exc).__name__)
+                return None
+            self._models_checked = True
+            if response.status_code != 200:
+                _log.info("%s has no model list (HTTP %d): model names are not checked against one",
+                          self._where, response.status_code)  # fmt: skip
+                return None
+            try:
+                self._served = {
+                    str(m["id"]): tuple(str(a) for a in m.get("aliases") or ())
+                    for m in response.json()["data"]
+                }
+            except (ValueError, KeyError, TypeError, AttributeError):
+                _log.info("%s/models did not answer an OpenAI model list; names are not checked", self._where)
+            return self._served
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of the key (``_secret_forms``) replaced by ``***``."""
@@ -430,30 +514,52 @@ class _ChatClient:
                         raise LLMDeadlineExceeded(
                             f"deadline passed before attempt {attempts + 1} to {self._where}"
                         )
-                    self._admit()
-                    attempts += 1
-                    cut_short = left < policy.attempt_timeout_s  # the deadline, not the policy, times it
                     try:
-                        payload = self._attempt(body, min(policy.attempt_timeout_s, left))
-                        reply = _chat_reply(payload, attempts, self.scrub)
-                    except LLMTimeoutError as exc:
-                        if not cut_short:
-                            healthy, last_error = False, exc
-                            raise
-                        # Ended by the deadline (the call's or the caller's): says nothing new of the
-                        # endpoint's health, and the call is over; report what kept failing, if anything.
+                        slot = self.limit.acquire(deadline, self._closing)  # a concurrency slot
+                    except SlotTimeout as exc:
+                        if self._closing.is_set():
+                            raise LLMClosedError("the judge is closing; call not sent") from exc
                         if last_error is not None:
                             raise last_error from exc
                         raise LLMDeadlineExceeded(
-                            f"deadline passed during attempt {attempts} to {self._where} "
-                            f"(cut to {left:.2f}s): {exc}"
+                            f"deadline passed waiting to call {self._where}: {exc}"
                         ) from exc
-                    except LLMError as exc:
-                        healthy = not exc.endpoint_failure
-                        last_error = exc
-                        raise
-                    healthy = True
-                    return reply
+                    try:
+                        self._admit()
+                        left = deadline - self._clock()
+                        attempts += 1
+                        cut_short = left < policy.attempt_timeout_s  # the deadline, not the policy, times it
+                        started = self._clock()
+                        try:
+                            payload = self._attempt(body, max(0.001, min(policy.attempt_timeout_s, left)))
+                            reply = _chat_reply(payload, attempts, self.scrub)
+                        except LLMTimeoutError as exc:
+                            if not cut_short:
+                                slot.overloaded()
+                                healthy, last_error = False, exc
+                                raise
+                            # Ended by the deadline (the call's or the caller's): says nothing new of the
+                            # endpoint's health, and the call is over; report what kept failing, if any.
+                            if last_error is not None:
+                                raise last_error from exc
+                            raise LLMDeadlineExceeded(
+                                f"deadline passed during attempt {attempts} to {self._where} "
+                                f"(cut to {left:.2f}s): {exc}"
+                            ) from exc
+                        except LLMFormatUnsupported:
+                            healthy = None  # a capability answer: the breaker counts neither way
+                            raise
+                        except LLMError as exc:
+                            if isinstance(exc, LLMRateLimitError):
+                                slot.overloaded()
+                            healthy = not exc.endpoint_failure
+                            last_error = exc
+                            raise
+                        slot.done(latency_s=self._clock() - started)
+                        healthy = True
+                        return reply
+                    finally:
+                        slot.done()
         except LLMError as exc:
             exc.attempts = attempts
             raise
@@ -482,6 +588,8 @@ class _ChatClient:
             self.breaker.record_failure()
 
     def _retryable(self, exc: LLMError) -> bool:
+        if isinstance(exc, LLMFormatUnsupported):
+            return False
         if isinstance(exc, LLMStatusError):
             return exc.status in self._policy.retryable_status
         return exc.retryable
@@ -496,22 +604,29 @@ class _ChatClient:
             msg = self.scrub(f"{type(exc).__name__}: {exc}")
             raise LLMConnectionError(f"connection to {self._where} (model {model}) failed: {msg}") from exc
         if response.status_code >= 400:
-            raise self._status_error(response, model)
+            raise self._status_error(response, model, asked_format="response_format" in body)
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LLMProtocolError(
-                f"{self._where} (model {model}) answered 200 with a body that is not JSON: {exc}"
+            kind = response.headers.get("content-type", "(none)")
+            head = self.scrub(response.content[:_BODY_HEAD].decode("utf-8", errors="replace"))
+            cls = LLMProtocolError if "json" in kind or kind == "(none)" else LLMNotAnAPI
+            raise cls(
+                f"{self._where} (model {model}) answered {response.status_code} with a body that is not "
+                f"JSON ({exc}); content-type {kind}, {len(response.content)} bytes, starting {head!r}; "
+                "is EVALSTREAM_LLM_BASE_URL the API's base URL (ending in /v1), not a web page or proxy?"
             ) from None
 
-    def _status_error(self, response: httpx.Response, model: Any) -> LLMStatusError:
+    def _status_error(self, response: httpx.Response, model: Any, *, asked_format: bool) -> LLMStatusError:
         status = response.status_code
         detail = response.text[:_MESSAGE_EXCERPT]
         with contextlib.suppress(ValueError, KeyError, TypeError):
             detail = str(response.json()["error"]["message"])[:_MESSAGE_EXCERPT]
         message = self.scrub(f"{self._where} (model {model}) answered HTTP {status}: {detail}")
         cls: type[LLMStatusError]
-        if status == 429:
+        if asked_format and status not in (401, 403, 429) and _names_response_format(response.text):
+            cls = LLMFormatUnsupported
+        elif status == 429:
             cls = LLMRateLimitError
         elif status >= 500:
             cls = LLMServerError
@@ -523,6 +638,11 @@ class _ChatClient:
         return cls(message, status=status, retry_after_s=_retry_after(response.headers))
 
 
+def _names_response_format(text: str) -> bool:
+    """Whether an error body is about the request's ``response_format`` (a capability answer)."""
+    return "response_format" in text or "json_schema" in text
+
+
 def _retry_after(headers: httpx.Headers) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
@@ -532,3 +652,20 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def model_listed(model: str, served: dict[str, tuple[str, ...]]) -> bool:
+    """Whether ``model`` is one of the listed ids or their aliases (case-insensitive)."""
+    names = {n.lower() for ident, aliases in served.items() for n in (ident, *aliases)}
+    return model.lower() in names
+
+
+def model_matches(requested: str, answered: str, served: dict[str, tuple[str, ...]] | None) -> bool:
+    """Whether a reply that names ``answered`` comes from the model ``requested``: the same name, a
+    dated version of it (``gpt-4o`` -> ``gpt-4o-2024-08-06``), or a listed id with it as an alias.
+    A reply that names no model passes (nothing to check)."""
+    if not answered or answered.lower() == requested.lower():
+        return True
+    if answered.lower().startswith(requested.lower() + "-"):
+        return True
+    return served is not None and requested.lower() in {a.lower() for a in served.get(answered, ())}

@@ -145,7 +145,10 @@ def _majority(dimension: Dimension, votes: Sequence[Vote], weights: Mapping[str,
     winners = {lab for lab, w in weights.items() if math.isclose(w, top)}
     if dimension is Dimension.PAIRWISE and {PairwiseLabel.A, PairwiseLabel.B} <= winners:
         return PairwiseLabel.TIE  # the orders or the panel disagree: neither is better
-    return next(v.label for v in votes if v.label in winners)  # other ties: the lead model's vote
+    # Other ties: the lead model's vote. With logprobs the most likely label may be one no vote chose
+    # (the chosen label's probability split over token spellings, or sampling that was not greedy):
+    # the estimate decides, and among equal estimates the label that sorts first.
+    return next((v.label for v in votes if v.label in winners), min(winners))
 
 
 def combine_votes(dimension: Dimension, votes: Sequence[Vote]) -> Decision:
@@ -183,9 +186,16 @@ def _swap(label: str) -> str:
     )
 
 
-def _vote(dimension: Dimension, model: str, swapped: bool, parsed: ParsedVerdict, choice: Choice) -> Vote:
+def _vote(
+    dimension: Dimension,
+    model: str,
+    swapped: bool,
+    parsed: ParsedVerdict,
+    choice: Choice,
+    use_logprobs: bool = True,
+) -> Vote:
     probs: dict[str, float] | None = None
-    if choice.logprobs:
+    if choice.logprobs and use_logprobs:
         if dimension is Dimension.QUALITY:
             scores = score_probabilities(choice.logprobs, "score", 1, 10)
             if scores:

@@ -101,6 +101,20 @@ class ServerMetrics:
             ["judge", "outcome"],
             registry=registry,
         )
+        self._judgements = Counter(
+            "evalstream_judge_judgements",
+            "Judgements answered, by dimension and where their confidence came from (logprobs, "
+            "agreement, single, or none when the judge does not say).",
+            ["judge", "dimension", "confidence_source"],
+            registry=registry,
+        )
+        self._dimension_errors = Counter(
+            "evalstream_judge_dimension_errors",
+            "Dimensions asked for and not answered, by error type (also when the item's other "
+            "dimensions were answered).",
+            ["judge", "dimension", "error_type"],
+            registry=registry,
+        )
         self._errors = Counter(
             "evalstream_judge_errors",
             "Judge RPCs that did not succeed, by gRPC status code.",
@@ -124,6 +138,18 @@ class ServerMetrics:
 
     def items(self, outcome: str) -> Counter:
         return self._items.labels(judge=self._judge, outcome=outcome)
+
+    def outcomes(self, outcomes: Sequence[ItemOutcome]) -> None:
+        """Count each outcome's judgements by confidence source and its unanswered dimensions."""
+        for outcome in outcomes:
+            for j in outcome.judgements:
+                self._judgements.labels(
+                    judge=self._judge, dimension=j.dimension, confidence_source=j.confidence_source or "none"
+                ).inc()
+            for f in outcome.dimension_errors:
+                self._dimension_errors.labels(
+                    judge=self._judge, dimension=f.dimension, error_type=f.error_type
+                ).inc()
 
     def error(self, code: grpc.StatusCode) -> None:
         self._errors.labels(judge=self._judge, code=code.name).inc()
@@ -177,6 +203,11 @@ def to_response(
             error=outcome.error,
             error_type=outcome.error_type,
             stats=outcome.stats,
+            dimension_errors=[
+                judge_pb2.DimensionError(dimension=f.dimension, error=f.error, error_type=f.error_type)
+                for f in outcome.dimension_errors
+            ],
+            extra=outcome.extra,
             judgements=[
                 verdict_pb2.Judgement(
                     dimension=j.dimension,
@@ -191,6 +222,7 @@ def to_response(
                     ),
                     judge=judge,
                     rationale=j.rationale,
+                    confidence_source=j.confidence_source,
                 )
                 for j in outcome.judgements
             ],
@@ -292,6 +324,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServiceServicer):
         errors = sum(1 for o in outcomes if o.error)
         self._metrics.items("ok").inc(len(outcomes) - errors)
         self._metrics.items("error").inc(errors)
+        self._metrics.outcomes(outcomes)
         return to_response(
             outcomes,
             judge=self._judge.name,

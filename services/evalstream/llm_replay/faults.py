@@ -4,21 +4,26 @@ A fault spec is a comma-separated list of rules, each ``KIND``, ``KIND:N`` or ``
 
 - ``KIND`` applies to every request;
 - ``KIND:N`` applies to the first N requests with the same body (a client's retries send the same
-  body, so ``503:2`` fails two attempts and lets the third through); rules are consumed in order, so
-  ``503:1,schema:1`` answers 503, then a schema-breaking reply, then the recorded verdict;
+  body, so ``503:2`` fails two attempts and lets the third through; ``seed`` and ``temperature``
+  do not count, so a re-ask, which varies them, is the same request); rules are consumed in order,
+  so ``503:1,schema:1`` answers 503, then a schema-breaking reply, then the recorded verdict;
 - ``KIND~P`` applies with probability P (seeded).
 
 Kinds: ``500``, ``502``, ``503`` (server errors), ``429`` (rate limited, with ``retry-after``),
 ``hang`` (no answer until the hang time passes, then the connection closes), ``reset`` (TCP reset, no
 answer), ``malformed`` (200 with a truncated JSON body), ``envelope`` (200 JSON without ``choices``),
 ``schema`` (200, a well-formed completion whose content does not fit the verdict schema), ``slow``
-(the real answer after the slow delay). The server applies the spec from its config unless a request
-carries the ``x-evalstream-fault`` header, which replaces it for that request.
+(the real answer after the slow delay), ``split_logprobs`` (the recorded verdict with token logprobs
+in which the chosen label is less likely than another, as llama.cpp's server reports them under a
+grammar), ``html`` (200 with an HTML page, as a login wall or a misrouted gateway answers). The
+server applies the spec from its config unless a request carries the ``x-evalstream-fault`` header,
+which replaces it for that request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 from collections import Counter
@@ -44,6 +49,8 @@ class FaultKind(StrEnum):
     ENVELOPE = "envelope"
     SCHEMA = "schema"
     SLOW = "slow"
+    SPLIT_LOGPROBS = "split_logprobs"
+    HTML = "html"
 
     @property
     def status(self) -> int | None:
@@ -84,6 +91,17 @@ def parse_faults(spec: str) -> tuple[FaultRule, ...]:
     return tuple(rules)
 
 
+def _request_digest(body: bytes) -> str:
+    """The body's digest, less the fields a client varies between asks of one request."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return hashlib.sha256(body).hexdigest()
+    if isinstance(request, dict):
+        request = {k: v for k, v in request.items() if k not in ("seed", "temperature")}
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
 class FaultPlan:
     """Decides which fault, if any, a request gets. Thread-safe; counts what it injected."""
 
@@ -101,7 +119,7 @@ class FaultPlan:
         if not rules:
             return None
         spec = header if header is not None else "<config>"
-        digest = hashlib.sha256(body).hexdigest()
+        digest = _request_digest(body)
         with self._lock:
             if len(self._seen) > _MAX_TRACKED_BODIES:
                 self._seen.clear()

@@ -2,8 +2,9 @@
 
 No sockets here. The HTTP shell (``server.py``) reads the body, applies faults and latency, and writes
 what ``complete`` returns. Replies use the OpenAI wire format; errors use its error object
-(``{"error": {"message", "type", "param", "code"}}``). There are never ``logprobs``: the recorded
-data has none, so clients exercise their no-logprobs path.
+(``{"error": {"message", "type", "param", "code"}}``). There are no ``logprobs``: the recorded
+data has none, so clients exercise their no-logprobs path; only the ``split_logprobs`` fault adds
+some (``split_logprobs``), rebuilt from what llama.cpp's server answered under a grammar.
 
 Which task a request is: the ``response_format`` JSON schema's name (``refusal_verdict``,
 ``quality_verdict``, ``pairwise_verdict``) when given; otherwise two response blocks mean pairwise and
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from evalstream.wire.dimensions import Dimension
+from evalstream.wire.dimensions import Dimension, PairwiseLabel, RefusalLabel
 
 from .keys import extract_blocks
 from .recordings import MODELS, Recording, ReplayStore, canonical_model
@@ -34,6 +37,7 @@ __all__ = [
     "error_reply",
     "estimate_tokens",
     "models_reply",
+    "split_logprobs",
     "verdict_content",
 ]
 
@@ -41,6 +45,10 @@ MAX_CHOICES: Final = 16
 #: What the ``schema`` fault answers: well-formed JSON that is not a verdict.
 SCHEMA_BREAKING_CONTENT: Final = '{"verdict": "unsure", "confidence": "high"}'
 _OWNER: Final = "evalstream-llm-replay"
+#: What llama-cpp-python 0.3.36's server reported for SmolLM2-135M under a JSON grammar: the chosen
+#: label less likely than another (chosen ``full_refusal`` 0.3097, ``full_compliance`` 0.3179).
+SPLIT_CHOSEN_P: Final = 0.3097
+SPLIT_OTHER_P: Final = 0.3179
 
 
 class Fallback(StrEnum):
@@ -226,3 +234,33 @@ def complete(
         },
     }
     return Reply(status=200, body=body, task=str(task or ""), model=model, hit=bool(recordings))
+
+
+def _token(text: str, p: float, top: tuple[tuple[str, float], ...] = ()) -> dict[str, Any]:
+    alternatives = [{"token": t, "logprob": math.log(q), "bytes": list(t.encode())} for t, q in top]
+    return {"token": text, "logprob": math.log(p), "bytes": list(text.encode()), "top_logprobs": alternatives}
+
+
+def split_logprobs(content: str) -> dict[str, Any] | None:
+    """OpenAI-style ``logprobs`` for a label verdict in which the label the reply chose is *not* the
+    most likely one: the chosen label's token at ``SPLIT_CHOSEN_P``, another label's at
+    ``SPLIT_OTHER_P``, every other token certain. None when ``content`` holds no known label."""
+    match = re.search(r'"label"\s*:\s*"([^"]*)"', content)
+    if match is None:
+        return None
+    chosen = match.group(1)
+    for enum in (RefusalLabel, PairwiseLabel):
+        labels = [str(label) for label in enum]
+        if chosen in labels:
+            break
+    else:
+        return None
+    other = next(label for label in labels if label != chosen)
+    value = chosen + '"'
+    tokens = [
+        _token(content[: match.start(1)], 1.0),
+        _token(value, SPLIT_CHOSEN_P, ((other + '"', SPLIT_OTHER_P), (value, SPLIT_CHOSEN_P))),
+    ]
+    if tail := content[match.end(1) + 1 :]:
+        tokens.append(_token(tail, 1.0))
+    return {"content": tokens, "refusal": None}

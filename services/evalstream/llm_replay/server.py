@@ -35,7 +35,15 @@ from evalstream.evaluation.datasets import data_root
 
 from .faults import FAULT_HEADER, FaultKind, FaultPlan, parse_faults
 from .recordings import DATASETS, ReplayStore
-from .replies import SCHEMA_BREAKING_CONTENT, Fallback, Reply, complete, error_reply, models_reply
+from .replies import (
+    SCHEMA_BREAKING_CONTENT,
+    Fallback,
+    Reply,
+    complete,
+    error_reply,
+    models_reply,
+    split_logprobs,
+)
 
 __all__ = ["ReplayServer", "ReplaySettings", "create_server", "main"]
 
@@ -69,6 +77,9 @@ class ReplaySettings(BaseSettings):
     slow_s: float = Field(default=1.0, ge=0)
     #: ``retry-after`` seconds sent with 429.
     retry_after_s: float = Field(default=0.05, ge=0)
+    #: Comma-separated ``response_format`` types the server takes (empty: every type). Others are
+    #: answered as llama-cpp-python 0.3.36 answers ``json_schema``: HTTP 500 naming ``response_format``.
+    formats: str = ""
     fallback: Fallback = Fallback.ERROR
     fallback_content: str = ""
     #: When set, requests need ``Authorization: Bearer <key>``.
@@ -223,6 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             self._send(error_reply(400, f"body is not JSON: {exc}", kind="invalid_request_error"))
             return
+        if (refusal := _format_refusal(request, server.settings.formats)) is not None:
+            self._send(refusal)
+            return
         reply = complete(
             request,
             server.store,
@@ -244,6 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is FaultKind.SCHEMA and reply.status == 200:
             for choice in reply.body["choices"]:
                 choice["message"]["content"] = SCHEMA_BREAKING_CONTENT
+        if fault is FaultKind.SPLIT_LOGPROBS and reply.status == 200:
+            for choice in reply.body["choices"]:
+                choice["logprobs"] = split_logprobs(choice["message"]["content"] or "")
         if fault is FaultKind.ENVELOPE and reply.status == 200:
             reply.body.pop("choices")
         if fault is FaultKind.MALFORMED and reply.status == 200:
@@ -279,9 +296,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()  # the fd closes (with RST) once the handler drops its file objects
             self.close_connection = True
             return True
+        if fault is FaultKind.HTML:
+            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in to continue"
+            page += b"</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            self.server.stats.bump("status.200")
+            return True
         if fault is FaultKind.SLOW:
             server.stopping.wait(server.settings.slow_s)
-        return False  # SLOW, SCHEMA, ENVELOPE, MALFORMED: answer, then alter the answer
+        return False  # SLOW, SCHEMA, ENVELOPE, MALFORMED, SPLIT_LOGPROBS: answer, then alter it
+
+
+def _format_refusal(request: Any, formats: str) -> Reply | None:
+    """The 500 a server that does not take the request's ``response_format`` type answers, or None."""
+    accepted = [f.strip() for f in formats.split(",") if f.strip()]
+    fmt = request.get("response_format") if isinstance(request, dict) else None
+    if not accepted or not isinstance(fmt, dict) or fmt.get("type") in accepted:
+        return None
+    choices = " or ".join(repr(f) for f in ["text", *accepted])
+    return error_reply(
+        500,
+        f"1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+        f"{choices} [type=literal_error, input_value={fmt.get('type')!r}]",
+        kind="internal_server_error",
+    )
 
 
 def create_server(settings: ReplaySettings, store: ReplayStore | None = None) -> ReplayServer:
@@ -308,6 +350,7 @@ def _parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
     parser.add_argument("--hang-s", type=float)
     parser.add_argument("--slow-s", type=float)
     parser.add_argument("--retry-after-s", type=float)
+    parser.add_argument("--formats", help="response_format types taken, e.g. 'json_object' (default: all)")
     parser.add_argument("--fallback", choices=[f.value for f in Fallback])
     parser.add_argument("--fallback-content")
     parser.add_argument("--api-key-file", type=Path, help="require this key (file holds the key)")

@@ -30,7 +30,9 @@ import yaml
 from evalstream.wire.dimensions import LABELS, Dimension, PairwiseLabel, RefusalLabel, quality_label
 
 __all__ = [
+    "DIALECTS",
     "PROMPTS_DIR",
+    "Dialect",
     "ParsedVerdict",
     "PromptError",
     "PromptTemplate",
@@ -40,6 +42,7 @@ __all__ = [
     "parse_reply",
     "render_block",
     "response_format",
+    "schema_instruction",
     "verdict_schema",
 ]
 
@@ -151,16 +154,31 @@ def verdict_schema(dimension: Dimension) -> dict[str, Any]:
     }
 
 
-def response_format(
-    dimension: Dimension, mode: Literal["json_schema", "json_object", "none"]
-) -> dict[str, Any] | None:
-    """The ``response_format`` request field for an OpenAI-compatible endpoint."""
+#: Structured-output dialects, in the order ``response_format=auto`` tries them.
+Dialect = Literal["json_schema", "json_object_schema", "json_object", "none"]
+DIALECTS: Final[tuple[Dialect, ...]] = ("json_schema", "json_object_schema", "json_object", "none")
+
+
+def response_format(dimension: Dimension, mode: Dialect) -> dict[str, Any] | None:
+    """The ``response_format`` request field in one dialect: OpenAI's ``json_schema``, llama.cpp's
+    ``json_object`` with a ``schema`` (a grammar), plain JSON mode, or none."""
     if mode == "json_schema":
         schema = {"name": f"{dimension}_verdict", "schema": verdict_schema(dimension), "strict": True}
         return {"type": "json_schema", "json_schema": schema}
+    if mode == "json_object_schema":
+        return {"type": "json_object", "schema": verdict_schema(dimension)}
     if mode == "json_object":
         return {"type": "json_object"}
     return None
+
+
+def schema_instruction(dimension: Dimension) -> str:
+    """The schema in words, appended to the system text when the dialect does not enforce it
+    (``json_object``: any object passes; ``none``: nothing is enforced)."""
+    return (
+        "\n\nYour reply must be a JSON object valid under this JSON Schema, with no other keys:\n"
+        + json.dumps(verdict_schema(dimension), separators=(",", ":"))
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
