@@ -480,7 +480,9 @@ class LLMJudge:
         """``LLMModelMismatch`` when the endpoint's model list (asked once) does not have ``model``."""
         if not self._settings.check_model:
             return
-        served = self._client.served_models(timeout=min(5.0, deadline - self._clock()))
+        served = self._client.served_models(
+            timeout=min(self._policy.attempt_timeout_s, deadline - self._clock())
+        )
         if served is not None and not model_listed(model, served):
             raise LLMModelMismatch(
                 f"{self._client.where} does not serve model {model!r} (EVALSTREAM_LLM_MODEL or "
@@ -532,7 +534,7 @@ class LLMJudge:
             self._count("attempts", reply.attempts)
             self._count("input_tokens", reply.prompt_tokens)
             self._count("output_tokens", reply.completion_tokens, cost)
-            if s.check_model and not model_matches(call.model, reply.model, self._client.served_models(0.0)):
+            if s.check_model and not model_matches(call.model, reply.model, self._client.models_known()):
                 raise LLMModelMismatch(
                     f"asked {self._client.where} for model {call.model!r}, but the reply says model "
                     f"{reply.model!r}; set EVALSTREAM_LLM_MODEL to the model the endpoint serves, or "

@@ -440,20 +440,24 @@ class _ChatClient:
 
     def served_models(self, timeout: float) -> dict[str, tuple[str, ...]] | None:
         """What ``GET {base_url}/models`` lists (model id -> aliases), asked once and remembered. None
-        when the endpoint has no such route or no usable list; a connection failure is not remembered
-        (the next call asks again, and the completion itself reports the failure)."""
-        with self._models_lock:
+        when the endpoint has no such route or no usable list, or did not answer within ``timeout``
+        seconds (not remembered: the next call asks again; a one-slot server answers it only between
+        completions). Calls wait for the first asker's answer, within the same ``timeout``."""
+        if not self._models_lock.acquire(timeout=max(0.0, timeout)):
+            return None
+        try:
             if self._models_checked:
                 return self._served
+            url = self._base + "/models"
             try:
-                response = self._http.get(self._base + "/models", timeout=httpx.Timeout(max(timeout, 0.001)))
+                response = self._http.get(url, timeout=httpx.Timeout(max(timeout, 0.001)))
             except httpx.HTTPError as exc:
-                _log.info("GET %s/models failed (%s); will ask again", self._where, type(exc).__name__)
+                _log.info("GET %s failed (%s); will ask again", _safe(url), type(exc).__name__)
                 return None
             self._models_checked = True
             if response.status_code != 200:
-                _log.info("%s has no model list (HTTP %d): model names are not checked against one",
-                          self._where, response.status_code)  # fmt: skip
+                _log.info("GET %s answered HTTP %d: model names are not checked against a list",
+                          _safe(url), response.status_code)  # fmt: skip
                 return None
             try:
                 self._served = {
@@ -461,8 +465,14 @@ class _ChatClient:
                     for m in response.json()["data"]
                 }
             except (ValueError, KeyError, TypeError, AttributeError):
-                _log.info("%s/models did not answer an OpenAI model list; names are not checked", self._where)
+                _log.info("GET %s is not an OpenAI model list: model names are not checked", _safe(url))
             return self._served
+        finally:
+            self._models_lock.release()
+
+    def models_known(self) -> dict[str, tuple[str, ...]] | None:
+        """The remembered model list, without asking."""
+        return self._served
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of the key (``_secret_forms``) replaced by ``***``."""
@@ -636,6 +646,11 @@ class _ChatClient:
         else:
             cls = LLMRejectedError
         return cls(message, status=status, retry_after_s=_retry_after(response.headers))
+
+
+def _safe(url: str) -> str:
+    """A URL without credentials or query, for messages."""
+    return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
 
 
 def _names_response_format(text: str) -> bool:
