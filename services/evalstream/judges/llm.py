@@ -558,10 +558,56 @@ class LLMJudge:
                         )
         return None
 
+    def _samples(
+        self,
+        call: _Call,
+        messages: list[dict[str, str]],
+        *,
+        want: int,
+        with_logprobs: bool,
+        variant: int,
+        deadline: float,
+        result: _CallResult,
+        required: bool = True,
+    ) -> tuple[list[Choice], int]:
+        """``want`` choices: one request with ``n=want``, or one request per choice from an endpoint
+        that ignores ``n`` (found out here, remembered). Each request after the first of the call has
+        its own ``variant`` (seed). When a later request fails, the choices so far are returned;
+        when the first fails (and ``required``), its error is raised. Returns the next variant."""
+        got: list[Choice] = []
+        while len(got) < want and (not got or self._clock() < deadline):
+            with self._lock:
+                ignores_n = call.model in self._ignores_n
+            ask = 1 if ignores_n else want - len(got)
+            try:
+                reply, dialect = self._complete(
+                    call, messages, n=ask, with_logprobs=with_logprobs, variant=variant, deadline=deadline
+                )
+            except LLMError as exc:
+                if required and not got:
+                    raise
+                _log.info("a further sample from model %s failed: %s", call.model, exc)
+                break
+            variant += 1
+            result.dialect = dialect
+            result.prompt_tokens += reply.prompt_tokens
+            result.completion_tokens += reply.completion_tokens
+            got.extend(reply.choices)
+            if ask > 1 and len(reply.choices) < ask:
+                with self._lock:
+                    first = call.model not in self._ignores_n
+                    self._ignores_n.add(call.model)
+                if first:
+                    _log.warning(
+                        "model %s answered %d choice(s) for n=%d: asking once per sample from now on",
+                        call.model, len(reply.choices), ask,
+                    )  # fmt: skip
+        return got, variant
+
     def _call(self, call: _Call) -> _CallResult:
         """One logical call: transport retries inside ``complete``, one re-ask for an unparseable
-        reply, one re-ask with more samples when the endpoint's logprobs turn out to be unusable; all
-        within one deadline."""
+        reply, and, when the endpoint's logprobs turn out to be unusable, more samples beside the
+        reply in hand; all within one deadline."""
         s = self._settings
         if self._closing.is_set():
             raise LLMClosedError("the judge is closing; call not started")
@@ -578,54 +624,41 @@ class LLMJudge:
         while True:
             with self._lock:
                 known_without = call.model in self._no_logprobs
-                ignores_n = call.model in self._ignores_n
             want_logprobs = s.logprobs and not known_without
             n = s.samples if want_logprobs else max(s.samples, s.fallback_samples)
-            ask_n = 1 if ignores_n else n
-            reply, dialect = self._complete(
-                call, messages, n=ask_n, with_logprobs=want_logprobs, variant=variant, deadline=deadline
+            choices, variant = self._samples(
+                call,
+                messages,
+                want=n,
+                with_logprobs=want_logprobs,
+                variant=variant,
+                deadline=deadline,
+                result=result,
             )
-            variant += 1
-            result.dialect = dialect
-            result.prompt_tokens += reply.prompt_tokens
-            result.completion_tokens += reply.completion_tokens
-            choices = list(reply.choices)
-            if ask_n > 1 and len(choices) < ask_n:
+            use_logprobs = want_logprobs
+            greedy = n == 1 and s.temperature == 0 and reasks == 0
+            if want_logprobs and (problem := self._logprobs_problem(choices, greedy)) is not None:
+                use_logprobs = False
                 with self._lock:
-                    first = call.model not in self._ignores_n
-                    self._ignores_n.add(call.model)
+                    first = call.model not in self._no_logprobs
+                    self._no_logprobs[call.model] = problem
                 if first:
                     _log.warning(
-                        "model %s answered %d choice(s) for n=%d: asking once per sample from now on",
-                        call.model, len(choices), ask_n,
+                        "model %s: logprobs not used for confidence (%s); sampling %d replies instead",
+                        call.model, problem, s.fallback_samples,
                     )  # fmt: skip
-            while len(choices) < n and call.model in self._ignores_n and self._clock() < deadline:
-                try:
-                    more, _ = self._complete(
-                        call, messages, n=1, with_logprobs=want_logprobs, variant=variant, deadline=deadline
-                    )
-                except LLMError as exc:  # the samples so far still count
-                    _log.info("an extra sample for model %s failed: %s", call.model, exc)
-                    break
-                variant += 1
-                choices.extend(more.choices)
-                result.prompt_tokens += more.prompt_tokens
-                result.completion_tokens += more.completion_tokens
-            use_logprobs = want_logprobs
-            if want_logprobs:
-                greedy = n == 1 and s.temperature == 0 and variant == 1
-                if (problem := self._logprobs_problem(choices, greedy)) is not None:
-                    use_logprobs = False
-                    with self._lock:
-                        first = call.model not in self._no_logprobs
-                        self._no_logprobs[call.model] = problem
-                    if first:
-                        _log.warning(
-                            "model %s: logprobs not used for confidence (%s); sampling %d replies instead",
-                            call.model, problem, s.fallback_samples,
-                        )  # fmt: skip
-                    if n < s.fallback_samples:
-                        continue
+                # the reply in hand is one sample: ask for the rest
+                more, variant = self._samples(
+                    call,
+                    messages,
+                    want=s.fallback_samples - len(choices),
+                    with_logprobs=False,
+                    variant=variant,
+                    deadline=deadline,
+                    result=result,
+                    required=False,
+                )
+                choices += more
             votes, problems = [], []
             for choice in choices:
                 try:
@@ -638,18 +671,18 @@ class LLMJudge:
                 result.votes = votes
                 return result
             first_problem, raw = problems[0]
-            problem = self._client.scrub(str(first_problem))  # the reply's own text, which may echo the key
+            reason = self._client.scrub(str(first_problem))  # the reply's own text, which may echo the key
             if reasks >= self._policy.reasks:
                 raise LLMUnparseableReply(
                     f"model {call.model} replied {len(problems)}x outside the verdict schema "
-                    f"after {reasks + 1} asks (response_format {dialect}): {problem}",
+                    f"after {reasks + 1} asks (response_format {result.dialect}): {reason}",
                     raw=self._client.scrub(raw),
                 )
             if self._clock() >= deadline:
-                raise LLMDeadlineExceeded(f"deadline passed before re-asking model {call.model}: {problem}")
+                raise LLMDeadlineExceeded(f"deadline passed before re-asking model {call.model}: {reason}")
             reasks += 1
             self._count("reasks")
-            _log.info("model %s replied outside the schema (%s); asking again", call.model, problem)
+            _log.info("model %s replied outside the schema (%s); asking again", call.model, reason)
 
 
 def from_settings(settings: JudgeServerSettings) -> LLMJudge:
