@@ -31,7 +31,8 @@ from evalstream.pipeline.judge_client import JudgeClient, JudgeError, RetryPolic
 from evalstream.runtime.procs import free_port, wait_until
 from evalstream.v1 import events_pb2, judge_pb2
 
-pytestmark = pytest.mark.slow
+# A completion takes 5-50 s on a shared 2-core machine: each test gets up to 25 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 JUDGE_READY = r"evalstream-judge listening on (\S+)"
 DIMENSIONS = ("quality", "refusal")
