@@ -1,10 +1,10 @@
 """The tier-1 encoder judge: trained once per session on the real shared data, then judged through.
 
-Held-out figures when the judge was written (``encoder_train`` defaults, 2 cores):
-- refusal (615 completions of 123 held-out XSTest prompts): full_compliance P 0.889 R 0.925,
-  full_refusal P 0.817 R 0.912, partial_refusal P 0.500 R 0.022 (46 items), accuracy 0.852, ECE 0.031;
-- quality (216 Prometheus responses of 54 held-out questions): good P 0.832 R 0.955, fair P 0.583
-  R 0.269 (26), poor P 0.520 R 0.382 (34), accuracy 0.782, ECE 0.108.
+Held-out figures of the int8 ONNX encoder (``encoder_train`` defaults, 2 cores; the torch judge
+before it: refusal accuracy 0.852, ECE 0.031; quality 0.782, ECE 0.108):
+- refusal (615 completions of 123 held-out XSTest prompts): accuracy 0.857, ECE 0.028, partial
+  refusal (46 items) seldom predicted;
+- quality (216 Prometheus responses of 54 held-out questions): accuracy 0.787, ECE 0.113.
 The floors below sit a little under those, so a regression fails and noise does not. Partial refusal
 has no floor: the calibrated classifier rarely predicts it, by design (see ``encoder_train``).
 """
@@ -45,7 +45,6 @@ from evalstream.judges.encoder_train import (
     parse_views,
     quality_examples,
     refusal_examples,
-    train,
 )
 from evalstream.judges.rules_fit import expected_calibration_error, is_held_out
 from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
@@ -68,9 +67,9 @@ ECE_CEILING = {"refusal": 0.06, "quality": 0.14}
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, ArtefactMetadata]:
-    out = tmp_path_factory.mktemp("encoder") / "artefact"
-    return out, train(out, root=shared_data, num_threads=THREADS)
+def trained(encoder_artefact: Path) -> tuple[Path, ArtefactMetadata]:
+    """The session's artefact (conftest: ``encoder_train`` in its own process, once for every test)."""
+    return encoder_artefact, load_artefact(encoder_artefact).metadata
 
 
 @pytest.fixture(scope="session")

@@ -221,9 +221,15 @@ class Stack:
         return judges
 
     def _encoder_artefact(self) -> Path:
+        from evalstream.judges.encoder import EncoderArtefactError, load_artefact
+
         artefact = self.options.state_dir / "encoder"
         if (artefact / "metadata.json").is_file():
-            return artefact
+            try:
+                load_artefact(artefact)
+                return artefact
+            except EncoderArtefactError as exc:  # made by an older evalstream: train it again
+                self.console.print(f"the tier-1 artefact in {artefact} cannot be served: {exc}")
         train = self._child(
             "encoder-train",
             python_module("evalstream.judges.encoder_train", "--out", str(artefact), "--force"),
