@@ -32,8 +32,10 @@ from pydantic_settings import BaseSettings
 from evalstream.exporter.settings import ExporterSettings
 from evalstream.judges.llm_http import LLMJudgeSettings
 from evalstream.judges.settings import JudgeServerSettings
+from evalstream.pipeline.sampling import SamplingConfig
 from evalstream.pipeline.settings import PipelineSettings, parse_endpoints
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.wire.cascade_config import CascadeConfig, default_cascade
 
 from .conftest import ROOT
 
@@ -462,6 +464,29 @@ def test_pipeline_reaches_the_rendered_judges(rendered):
     assert f"--environment_config=localhost:{sidecar_port}" in args
     assert f"--output_executable_path={flink['spec']['job']['jarURI'].removeprefix('local://')}" in args
     assert "--checkpointing_interval=60000" in args
+
+
+def test_cascade_and_sampling_configs_reach_the_submitter(helm, tmp_path):
+    cascade = tmp_path / "cascade.yaml"
+    default_cascade().dump(cascade)
+    objects = _template(helm, *_values_args("production"), "--set-file", f"pipeline.cascadeConfig={cascade}")
+    (config_map,) = [c for c in _of_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-config")]
+    (flink,) = _of_kind(objects, "FlinkDeployment")
+    pod = flink["spec"]["jobManager"]["podTemplate"]["spec"]
+    (submitter,) = [c for c in pod["initContainers"] if c["name"] == "submitter"]
+    mount = next(m for m in submitter["volumeMounts"] if m["name"] == "pipeline-config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "pipeline-config")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    env = _env(submitter)
+    for key, loader, variable in (
+        ("cascade.yaml", CascadeConfig.load, "EVALSTREAM_PIPELINE_CASCADE_CONFIG"),
+        ("sampling.yaml", SamplingConfig.load, "EVALSTREAM_PIPELINE_SAMPLING_CONFIG"),
+    ):
+        assert env[variable] == f"{mount['mountPath']}/{key}"
+        (tmp_path / key).write_text(config_map["data"][key])
+        loader(tmp_path / key)  # the real loaders read what the pod will read
+    assert CascadeConfig.load(tmp_path / "cascade.yaml") == default_cascade()
+    assert SamplingConfig.load(tmp_path / "sampling.yaml").rate_for("gpt-4o", "support") == 1.0
 
 
 def test_secrets_come_from_existing_secrets_only(rendered):
