@@ -328,17 +328,23 @@ def test_prometheus_operator_selector_labels(rendered):
         assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", obj["metadata"]["name"]
 
 
-def test_exporter_is_scraped_under_the_job_name_the_alerts_use(rendered):
-    objects = rendered["default"]
+def test_scraped_under_the_job_names_of_the_rules_and_the_local_stack(rendered):
+    """The exporter is job evalstream-exporter (the alerts ask for up{job="evalstream-exporter"}); every
+    judge tier is job evalstream-judges, as `evalstream up` names its scrape job and the rule tests do."""
+    objects = rendered["production"]
     alerts = (RULES_DIR / "evalstream-alerts.yml").read_text()
     assert 'up{job="evalstream-exporter"}' in alerts
-    (monitor,) = [
-        m for m in _of_kind(objects, "ServiceMonitor") if m["metadata"]["name"].endswith("-exporter")
-    ]
-    (service,) = [s for s in _of_kind(objects, "Service") if s["metadata"]["name"].endswith("-exporter")]
-    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "evalstream-exporter"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert 'job="evalstream-judges"' in (ROOT / "deploy" / "prometheus" / "tests" / "judges.yml").read_text()
+    services = _of_kind(objects, "Service")
+    monitors = _of_kind(objects, "ServiceMonitor")
+    assert len(monitors) == 4
+    for monitor in monitors:
+        selector = monitor["spec"]["selector"]["matchLabels"].items()
+        (service,) = [s for s in services if selector <= s["metadata"]["labels"].items()]
+        job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+        name = service["metadata"]["name"]
+        assert job == ("evalstream-exporter" if name.endswith("-exporter") else "evalstream-judges"), name
+        assert monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in service["spec"]["ports"]]
 
 
 # ------------------------------------------------------------------ pods: security, probes, settings
