@@ -472,27 +472,41 @@ def test_pipeline_reaches_the_rendered_judges(rendered):
     assert "--checkpointing_interval=60000" in args
 
 
-def test_cascade_and_sampling_configs_reach_the_submitter(helm, tmp_path):
+def test_cascade_config_reaches_the_submitter_and_the_exporter(helm, tmp_path):
+    """One cascade config (--set-file cascadeConfig=...) for the pipeline that runs it and the exporter
+    whose guarantee monitor tests it; the sampling config for the pipeline. Read by the real loaders."""
     cascade = tmp_path / "cascade.yaml"
     default_cascade().dump(cascade)
-    objects = _template(helm, *_values_args("production"), "--set-file", f"pipeline.cascadeConfig={cascade}")
+    objects = _template(helm, *_values_args("production"), "--set-file", f"cascadeConfig={cascade}")
     (config_map,) = [c for c in _of_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-config")]
     (flink,) = _of_kind(objects, "FlinkDeployment")
-    pod = flink["spec"]["jobManager"]["podTemplate"]["spec"]
-    (submitter,) = [c for c in pod["initContainers"] if c["name"] == "submitter"]
-    mount = next(m for m in submitter["volumeMounts"] if m["name"] == "pipeline-config")
-    volume = next(v for v in pod["volumes"] if v["name"] == "pipeline-config")
-    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
-    env = _env(submitter)
-    for key, loader, variable in (
-        ("cascade.yaml", CascadeConfig.load, "EVALSTREAM_PIPELINE_CASCADE_CONFIG"),
-        ("sampling.yaml", SamplingConfig.load, "EVALSTREAM_PIPELINE_SAMPLING_CONFIG"),
+    (exporter,) = [d for d in _of_kind(objects, "Deployment") if d["metadata"]["name"].endswith("-exporter")]
+    jobmanager = flink["spec"]["jobManager"]["podTemplate"]["spec"]
+    (submitter,) = [c for c in jobmanager["initContainers"] if c["name"] == "submitter"]
+    exporter_pod = exporter["spec"]["template"]["spec"]
+    files: dict[str, Path] = {}
+    for pod, container, wanted in (
+        (
+            jobmanager,
+            submitter,
+            {"EVALSTREAM_PIPELINE_CASCADE_CONFIG", "EVALSTREAM_PIPELINE_SAMPLING_CONFIG"},
+        ),
+        (exporter_pod, exporter_pod["containers"][0], {"EVALSTREAM_EXPORTER_CASCADE_CONFIG"}),
     ):
-        assert env[variable] == f"{mount['mountPath']}/{key}"
-        (tmp_path / key).write_text(config_map["data"][key])
-        loader(tmp_path / key)  # the real loaders read what the pod will read
-    assert CascadeConfig.load(tmp_path / "cascade.yaml") == default_cascade()
-    assert SamplingConfig.load(tmp_path / "sampling.yaml").rate_for("gpt-4o", "support") == 1.0
+        volume = next(
+            v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]
+        )
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        for variable in wanted:
+            path = Path(_env(container)[variable])
+            assert path.parent == Path(mount["mountPath"]), variable
+            files[variable] = tmp_path / path.name
+            files[variable].write_text(config_map["data"][path.name])
+    assert CascadeConfig.load(files["EVALSTREAM_PIPELINE_CASCADE_CONFIG"]) == default_cascade()
+    sampling = SamplingConfig.load(files["EVALSTREAM_PIPELINE_SAMPLING_CONFIG"])
+    assert sampling.rate_for("gpt-4o", "support") == 1.0
+    guarantee = ExporterSettings(cascade_config=files["EVALSTREAM_EXPORTER_CASCADE_CONFIG"]).guarantee()
+    assert guarantee is not None
 
 
 def test_secrets_come_from_existing_secrets_only(rendered):
