@@ -577,3 +577,11 @@ def test_bad_values_fail_naming_the_value(helm, args, message):
     assert done.returncode != 0, f"helm template {args} rendered:\n{done.stdout[:500]}"
     assert "values don't meet the specifications of the schema" in done.stderr, done.stderr
     assert message in done.stderr, done.stderr
+
+
+def test_kubernetes_older_than_native_sidecars_is_refused(helm):
+    """The expansion service is a native sidecar (an init container with restartPolicy Always, 1.29+)."""
+    done = _helm(helm, "template", "ev", str(CHART), "--kube-version", "1.28.0")
+    assert done.returncode != 0
+    assert "chart requires kubeVersion: >=1.29.0-0" in done.stderr, done.stderr
+    assert _helm(helm, "template", "ev", str(CHART), "--kube-version", KUBE_VERSIONS[0]).returncode == 0
