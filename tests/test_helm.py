@@ -449,6 +449,43 @@ def test_schema_settings_names_are_the_settings_fields():
         assert len(names) >= 4
 
 
+#: Settings the chart sets itself (addresses, ports, paths, Secrets), and settings a deployment has no
+#: use for, with why. Every other field of a settings class must be a value (the next test).
+CHART_OWNED: dict[type[BaseSettings], set[str]] = {
+    KafkaSettings: {"sasl_password", "ssl_cafile"},  # from kafka.sasl_password_secret, .ssl_ca_secret
+    JudgeServerSettings: {"name", "host", "port", "metrics_port"},
+    LLMJudgeSettings: {"api_key", "api_key_file"},  # from judges.llm.api_key_secret, as a file
+    ExporterSettings: {"state_file", "metrics_host", "metrics_port", "cascade_config"},
+    PipelineSettings: {
+        "judges",  # from the enabled tiers' Services
+        "cascade_config",  # from cascadeConfig
+        "sampling_config",  # from pipeline.samplingConfig
+        "metrics_port",  # the local runner's own /metrics; on Flink the steps run in the SDK harness
+        "metrics_host",
+        "exit_when_idle_s",  # for batch-like local runs; a streaming job runs until stopped
+    },
+}
+
+
+def test_every_setting_is_a_value_or_set_by_the_chart():
+    """A setting added to a process shows up here until the chart offers it (or says why not)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defs, props = schema["definitions"], schema["properties"]
+    offered = {
+        KafkaSettings: set(props["kafka"]["properties"]),
+        JudgeServerSettings: set(defs["judgeSettings"]["properties"]),
+        LLMJudgeSettings: set(defs["llmSettings"]["properties"]),
+        ExporterSettings: set(props["exporter"]["properties"]["settings"]["properties"]),
+        PipelineSettings: set(props["pipeline"]["properties"]["settings"]["properties"]),
+    }
+    for cls, names in offered.items():
+        missing = set(cls.model_fields) - names - CHART_OWNED[cls]
+        assert not missing, (
+            f"{cls.__name__} fields {sorted(missing)} are neither chart values nor set by the chart"
+        )
+        assert not CHART_OWNED[cls] - set(cls.model_fields), f"{cls.__name__}: stale CHART_OWNED entries"
+
+
 def test_pipeline_reaches_the_rendered_judges(rendered):
     objects = rendered["production"]
     (flink,) = _of_kind(objects, "FlinkDeployment")
