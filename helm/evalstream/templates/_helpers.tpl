@@ -126,14 +126,3 @@ app.kubernetes.io/part-of: evalstream
 {{- end }}
 {{- join "," $out -}}
 {{- end -}}
-
-{{/* A Flink duration such as 30s, 2min or 500ms in milliseconds, for Beam's --checkpointing_interval. */}}
-{{- define "evalstream.milliseconds" -}}
-{{- $d := toString . -}}
-{{- if hasSuffix "ms" $d -}}{{ trimSuffix "ms" $d }}
-{{- else if hasSuffix "min" $d -}}{{ mul (trimSuffix "min" $d | int64) 60000 }}
-{{- else if hasSuffix "s" $d -}}{{ mul (trimSuffix "s" $d | int64) 1000 }}
-{{- else if hasSuffix "m" $d -}}{{ mul (trimSuffix "m" $d | int64) 60000 }}
-{{- else -}}{{ fail (printf "pipeline.flink.checkpointInterval: expected a duration such as 30s, 2min or 500ms; got %q" $d) }}
-{{- end -}}
-{{- end -}}
