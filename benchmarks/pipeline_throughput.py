@@ -33,8 +33,8 @@ from rich.table import Table
 
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.kafka.admin import ensure_topics
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.pipeline.run import MicroBatchRunner
 from evalstream.pipeline.settings import PipelineSettings
 from evalstream.runtime.settings import KafkaSettings
@@ -146,16 +146,10 @@ def main() -> None:
         began = time.monotonic()
         broker.start()
         broker_start_s = time.monotonic() - began
-        judge = ChildProcess(
-            name="judge-tier0",
-            cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", "0"),
-            log_file=Path(tmp) / "judge.log",
-            ready=r"evalstream-judge listening on (\S+)",
-        )
+        judge = servers.judge_server("rules", name="judge-tier0", log_file=Path(tmp) / "judge.log")
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         try:
-            match = judge.start()
-            assert match is not None
+            judge_address = judge.start()
             topic = f"bench-events-{uuid.uuid4().hex[:6]}"
             ensure_topics(kafka, {topic: 4})
             console.print(f"producing {args.events} XSTest events ...")
@@ -168,7 +162,7 @@ def main() -> None:
             console.print("pipeline over the same events ...")
             settings = PipelineSettings(
                 input_topic=topic,
-                judges=f"0={match.group(1)}",
+                judges=f"0={judge_address}",
                 group_id=f"bench-{uuid.uuid4().hex[:6]}",
                 transactional_id=f"bench-{uuid.uuid4().hex[:6]}",
                 exit_when_idle_s=3.0,
@@ -182,14 +176,12 @@ def main() -> None:
             lag_topic = f"bench-lag-{uuid.uuid4().hex[:6]}"
             verdicts_topic = f"bench-verdicts-{uuid.uuid4().hex[:6]}"
             ensure_topics(kafka, {lag_topic: 4, verdicts_topic: 4})
-            pipe = ChildProcess(
-                name="pipeline",
-                cmd=python_module(
-                    "evalstream.pipeline",
+            pipe = servers.pipeline(
+                [
                     "--bootstrap",
                     broker.bootstrap,
                     "--judges",
-                    f"0={match.group(1)}",
+                    f"0={judge_address}",
                     "--input-topic",
                     lag_topic,
                     "--verdicts-topic",
@@ -198,9 +190,8 @@ def main() -> None:
                     f"lag-{uuid.uuid4().hex[:6]}",
                     "--transactional-id",
                     f"lag-{uuid.uuid4().hex[:6]}",
-                ),
+                ],
                 log_file=Path(tmp) / "pipeline.log",
-                ready=r"pipeline consuming",
             )
             pipe.start()
             n_lag = int(args.rate * args.seconds)

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,9 @@ from rich.console import Console
 from rich.table import Table
 
 from evalstream.kafka.admin import ensure_topics
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import free_port
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.replay import ReplayOptions, ReplayReport, run_replay
@@ -57,8 +58,6 @@ from evalstream.v1 import summary_pb2, verdict_pb2
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 RESULTS = Path(__file__).resolve().parent / "results"
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
-REPLAY_READY = r"evalstream-llm-replay listening on (\S+)"
 LLM_ENV = {  # the LLM judge's deadline inside the pipeline's 5 s per-attempt timeout
     "EVALSTREAM_LLM_DEADLINE_S": "3",
     "EVALSTREAM_LLM_ATTEMPT_TIMEOUT_S": "1",
@@ -80,42 +79,6 @@ def rss_mb(pid: int | None) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
-
-
-@dataclass(kw_only=True)
-class Part:
-    """A server process on a fixed port that the schedule may kill and start again."""
-
-    name: str
-    cmd: Callable[[list[str]], list[str]]
-    ready: str | None
-    log_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    child: ChildProcess | None = None
-    starts: int = 0
-
-    def start(self, *extra: str) -> None:
-        self.starts += 1
-        self.child = ChildProcess(
-            name=self.name,
-            cmd=self.cmd(list(extra)),
-            log_file=self.log_dir / f"{self.name}-{self.starts}.log",
-            ready=self.ready,
-            env=self.env,
-        )
-        self.child.start(timeout=180)
-
-    def kill(self) -> None:
-        if self.child is not None:
-            self.child.kill()
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop(grace=10)
-
-    @property
-    def pid(self) -> int | None:
-        return self.child.pid if self.child is not None and self.child.alive else None
 
 
 @dataclass
@@ -205,30 +168,12 @@ def main() -> int:
             },
         )
         ports = {name: free_port() for name in ("replay", "rules", "encoder", "llm")}
-        replay = Part(
-            name="llm-replay",
-            cmd=lambda extra: python_module(
-                "evalstream.llm_replay",
-                "--port",
-                str(ports["replay"]),
-                "--datasets",
-                "xstest",
-                *extra,
-            ),
-            ready=REPLAY_READY,
-            log_dir=tmp,
+        replay = servers.replay_llm(
+            "--datasets", "xstest", port=ports["replay"], log_file=tmp / "llm-replay.log"
         )
 
-        def judge(name: str, env: dict[str, str]) -> Part:
-            return Part(
-                name=f"judge-{name}",
-                cmd=lambda extra: python_module(
-                    "evalstream.judges.server", "--judge", name, "--port", str(ports[name]), *extra
-                ),
-                ready=JUDGE_READY,
-                log_dir=tmp,
-                env=env,
-            )
+        def judge(name: str, env: dict[str, str]) -> ChildProcess:
+            return servers.judge_server(name, port=ports[name], log_file=tmp / f"judge-{name}.log", env=env)
 
         judges = {0: judge("rules", {})}
         cascade_tiers = [TierRule(tier=0, threshold=0.95)]
@@ -247,10 +192,8 @@ def main() -> int:
         endpoints = ",".join(
             f"{t}=127.0.0.1:{ports[{0: 'rules', 1: 'encoder', 2: 'llm'}[t]]}" for t in judges
         )
-        pipeline = Part(
-            name="pipeline",
-            cmd=lambda extra: python_module(
-                "evalstream.pipeline",
+        pipeline = servers.pipeline(
+            [
                 "--bootstrap",
                 broker.bootstrap,
                 "--judges",
@@ -271,12 +214,12 @@ def main() -> int:
                 topics["dead"],
                 "--audit-topic",
                 topics["audit"],
-                *extra,
-            ),
-            ready=r"pipeline consuming",
-            log_dir=tmp,
+            ],
+            log_file=tmp / "pipeline.log",
         )
         parts = [replay, *judges.values(), pipeline]
+        for part in parts:
+            part.startup_timeout = 180
         samples: list[dict[str, Any]] = []
         faults: list[Fault] = []
         report: list[ReplayReport] = []
@@ -303,15 +246,15 @@ def main() -> int:
             traffic.start()
             lag = Lag(broker.bootstrap, topics["events"], group)
             schedule: list[tuple[float, str, Callable[[], None], Callable[[], None]]] = [
-                (0.2, "SIGKILL rules judge", judges[0].kill, judges[0].start),
+                (0.2, "SIGKILL rules judge", judges[0].kill, lambda: _restart(judges[0])),
                 (
                     0.4,
                     "LLM endpoint 5xx burst",
                     lambda: _restart(replay, "--faults", "503"),
                     lambda: _restart(replay),
                 ),
-                (0.6, "SIGKILL pipeline", pipeline.kill, pipeline.start),
-                (0.8, "SIGKILL LLM judge", judges[2].kill, judges[2].start),
+                (0.6, "SIGKILL pipeline", pipeline.kill, lambda: _restart(pipeline)),
+                (0.8, "SIGKILL LLM judge", judges[2].kill, lambda: _restart(judges[2])),
             ]
             pending = list(schedule)
             active: tuple[Fault, Callable[[], None]] | None = None  # a fault under way, and its repair
@@ -345,7 +288,7 @@ def main() -> int:
                         recovering.remove(fault)  # never recovered: reported as such
                 if now >= next_sample:
                     row: dict[str, Any] = {"t_s": round(now, 1), "lag": current}
-                    row.update({p.name: rss_mb(p.pid) for p in parts})
+                    row.update({p.name: rss_mb(p.pid if p.alive else None) for p in parts})
                     row["broker"] = rss_mb(broker.pid)
                     samples.append(row)
                     next_sample = now + sample_s
@@ -486,9 +429,9 @@ def _victims(fault: str) -> tuple[str, ...]:
     }.get(fault, ())
 
 
-def _restart(part: Part, *extra: str) -> None:
-    part.stop()
-    part.start(*extra)
+def _restart(part: ChildProcess, *extra: str) -> None:
+    """The same command again (on the same port), with ``extra`` arguments for this run only."""
+    part.restart(*extra)
 
 
 def _read_outputs(

@@ -9,22 +9,20 @@ teardown whether the test passed or not.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from evalstream.local import servers
 from evalstream.local.alertmanager import AlertmanagerServer
 from evalstream.local.prometheus import PrometheusServer, rule_files
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import wait_until
+from evalstream.runtime.ready import METRICS_READY
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 from .real_parts import Topics, judge_server, pipeline, start
-
-EXPORTER_READY = r"evalstream-exporter metrics on http://(\S+)/metrics"
-_METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
 
 #: The cascade both tests run: refusal is tried on the rules first and escalates to the encoder when
 #: the rules are unsure; quality is the encoder's alone and goes to human audit below 0.6 confidence.
@@ -51,10 +49,7 @@ class ObservedStack:
 
 
 def _metrics_address(child: ChildProcess) -> str:
-    wait_until(lambda: bool(_METRICS_LINE.search(child.output())), timeout=30, what=f"{child.name} /metrics")
-    found = _METRICS_LINE.search(child.output())
-    assert found is not None
-    return found.group(1)
+    return child.await_line(METRICS_READY)["address"]
 
 
 def start_observed_stack(
@@ -116,12 +111,7 @@ def start_observed_stack(
         "--events-topic", t.events,
         "--cascade-config", str(cascade_file),
     ]  # fmt: skip
-    exporter = ChildProcess(
-        name="exporter",
-        cmd=python_module("evalstream.exporter", *flags),
-        log_file=log_dir / "exporter.log",
-        ready=EXPORTER_READY,
-    )
+    exporter = servers.exporter(flags, log_file=log_dir / "exporter.log")
     exporter_address = start(children, exporter)
 
     alertmanager = exits.enter_context(

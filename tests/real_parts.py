@@ -1,7 +1,8 @@
 """Real parts for the hostile-input tests: topics, judge, replay-LLM and pipeline processes, and RSS.
 
-Every process is a ``ChildProcess`` registered in the ``children`` fixture *before* it starts, so it is
-stopped at teardown whether the test passed, failed or timed out waiting for it.
+Every process is a ``ChildProcess`` (built by ``evalstream.local.servers``) registered in the
+``children`` fixture *before* it starts, so it is stopped at teardown whether the test passed,
+failed or timed out waiting for it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from evalstream.kafka.admin import ensure_topics
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local import servers
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.replay import MAX_RECORD_BYTES, OutgoingRecord
-
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
-REPLAY_READY = r"evalstream-llm-replay listening on (http://\S+)"
 
 
 class Topics:
@@ -47,31 +46,18 @@ class Topics:
 def start(children: list[ChildProcess], child: ChildProcess, timeout: float = 90.0) -> str:
     """Register ``child`` for cleanup, start it, and return what its ready line names (an address)."""
     children.append(child)
-    match = child.start(timeout=timeout)
-    assert match is not None, child.output()[-2000:]
-    return match.group(1) if match.re.groups else match.group(0)
+    return child.start(timeout=timeout)
 
 
 def judge_server(
     name: str, judge: str, log_dir: Path, *args: str, env: Mapping[str, str] | None = None
 ) -> ChildProcess:
-    return ChildProcess(
-        name=name,
-        cmd=python_module("evalstream.judges.server", "--judge", judge, "--port", "0", *args),
-        log_file=log_dir / f"{name}.log",
-        ready=JUDGE_READY,
-        env=dict(env or {}),
-    )
+    return servers.judge_server(judge, *args, name=name, log_file=log_dir / f"{name}.log", env=env)
 
 
 def replay_llm(name: str, log_dir: Path, *args: str) -> ChildProcess:
     """The replay LLM server (OpenAI-compatible, recorded verdicts), logging at DEBUG into its log."""
-    return ChildProcess(
-        name=name,
-        cmd=python_module("evalstream.llm_replay", "--port", "0", "--log-level", "DEBUG", *args),
-        log_file=log_dir / f"{name}.log",
-        ready=REPLAY_READY,
-    )
+    return servers.replay_llm("--log-level", "DEBUG", *args, name=name, log_file=log_dir / f"{name}.log")
 
 
 def pipeline(
@@ -91,13 +77,7 @@ def pipeline(
         *t.flags(),
         *extra,
     ]  # fmt: skip
-    return ChildProcess(
-        name="pipeline",
-        cmd=python_module("evalstream.pipeline", *flags),
-        log_file=log_dir / "pipeline.log",
-        ready=r"pipeline consuming",
-        env=dict(env or {}),
-    )
+    return servers.pipeline(flags, log_file=log_dir / "pipeline.log", env=env)
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[OutgoingRecord]) -> int:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.collect import calibrate_live, collect_xstest
@@ -25,41 +26,25 @@ from .test_pipeline_run import Topics, pipeline_process
 
 pytestmark = pytest.mark.slow
 
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
-
 
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory: pytest.TempPathFactory, encoder_artefact: Path) -> Iterator[dict[int, str]]:
     logs = tmp_path_factory.mktemp("tiers")
     started: list[ChildProcess] = []
     try:
-        llm = ChildProcess(
-            name="llm-replay",
-            cmd=python_module("evalstream.llm_replay", "--port", "0"),
-            log_file=logs / "llm.log",
-            ready=r"evalstream-llm-replay listening on (\S+)",
-        )
+        llm = servers.replay_llm(log_file=logs / "llm.log")
         started.append(llm)
-        llm_match = llm.start()
-        assert llm_match is not None
+        llm_url = llm.start()
         env = {
             0: {},
             1: {"EVALSTREAM_ENCODER_MODEL_DIR": str(encoder_artefact)},
-            2: {"EVALSTREAM_LLM_BASE_URL": llm_match.group(1) + "/v1"},
+            2: {"EVALSTREAM_LLM_BASE_URL": llm_url + "/v1"},
         }
         addresses = {}
         for tier, name in ((0, "rules"), (1, "encoder"), (2, "llm")):
-            child = ChildProcess(
-                name=f"judge-{name}",
-                cmd=python_module("evalstream.judges.server", "--judge", name, "--port", "0"),
-                log_file=logs / f"{name}.log",
-                ready=JUDGE_READY,
-                env=env[tier],
-            )
+            child = servers.judge_server(name, log_file=logs / f"{name}.log", env=env[tier])
             started.append(child)
-            match = child.start(timeout=180)
-            assert match is not None
-            addresses[tier] = match.group(1)
+            addresses[tier] = child.start(timeout=180)
         yield addresses
     finally:
         for child in reversed(started):

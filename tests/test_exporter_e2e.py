@@ -25,8 +25,9 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.kafka.admin import ensure_topics
+from evalstream.local import servers
 from evalstream.local.prometheus import PrometheusServer
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import wait_until
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.v1 import summary_pb2, verdict_pb2
@@ -34,7 +35,6 @@ from evalstream.wire.dimensions import RefusalLabel, quality_label
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-READY = r"evalstream-exporter metrics on (http://(\S+)/metrics)"
 MODELS = ("m-a", "m-b")
 ROUTES = ("chat", "search")
 REFUSALS = tuple(RefusalLabel)
@@ -223,8 +223,9 @@ def exporter(
         "--pipeline-group": "",
         **extra,
     }
-    cmd = python_module("evalstream.exporter", *(x for kv in args.items() for x in kv))
-    return ChildProcess(name=name, cmd=cmd, log_file=tmp_path / f"{name}.log", ready=READY)
+    return servers.exporter(
+        [x for kv in args.items() for x in kv], name=name, log_file=tmp_path / f"{name}.log"
+    )
 
 
 # --- reading values back -----------------------------------------------------------------------
@@ -297,9 +298,8 @@ def wait_for(read: Callable[[], object], want: object, *, timeout: float, what: 
 
 def test_prometheus_sees_exact_totals_across_a_sigkill_mid_stream(topics, tmp_path, unique):
     first = exporter(topics, tmp_path, unique, "exporter-1", **{"--max-poll-records": "50"})
-    match = first.start(timeout=60)
-    assert match is not None
-    url, address = match.group(1), match.group(2)
+    address = first.start(timeout=60)
+    url = f"http://{address}/metrics"
     port = int(address.rsplit(":", 1)[1])
     restarted: ChildProcess | None = None
     prom = PrometheusServer(targets={"evalstream-exporter": [address]}, data_dir=tmp_path / "prometheus")
@@ -403,13 +403,12 @@ def test_restart_without_or_with_a_stale_state_file_never_reapplies(topics, tmp_
 
     def run(name: str, batches: int, want_verdicts: int, want_log: str) -> None:
         child = exporter(topics, tmp_path, unique, name)
-        match = child.start(timeout=60)
-        assert match is not None
+        url = f"http://{child.start(timeout=60)}/metrics"
         try:
             for _ in range(batches):
                 topics.produce(50)
             wait_for(
-                lambda: scraped_sum(scrape(match.group(1)), "evalstream_verdicts_total"),
+                lambda: scraped_sum(scrape(url), "evalstream_verdicts_total"),
                 float(want_verdicts),
                 timeout=60,
                 what=f"{name}: {want_verdicts} verdicts",

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from evalstream.evaluation.datasets import XSTestRecord, read_xstest
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import free_port, wait_until
 from evalstream.tools.replay import RateLimiter, build_event
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, summary_pb2, verdict_pb2
@@ -46,9 +47,6 @@ from .test_pipeline_run import Topics
 #: kafka-python leaks the socket of a refused connection attempt (while a broker is down); pyproject's
 #: filterwarnings ignores exactly that shape of socket, nothing wider.
 pytestmark = pytest.mark.slow
-
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
-REPLAY_READY = r"evalstream-llm-replay listening on (\S+)"
 
 #: The LLM judge's own deadline sits inside the pipeline's per-attempt gRPC timeout (5 s), so an LLM
 #: fault ends as a per-item error from the judge, never as the pipeline timing the judge out.
@@ -70,80 +68,35 @@ def say(text: str) -> None:
 # --------------------------------------------------------------------------------------------- servers
 
 
-@dataclass(kw_only=True)
-class Server:
-    """A server process on a fixed port, so a test can kill it and start it again where it was."""
-
-    name: str
-    module: str
-    args: list[str]
-    ready: str
-    log_dir: Path
-    port: int = field(default_factory=free_port)
-    env: dict[str, str] = field(default_factory=dict)
-    child: ChildProcess | None = None
-    starts: int = 0
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def start(self, *extra: str) -> float:
-        """Start (again) on the same port; returns seconds until it printed its ready line."""
-        self.starts += 1
-        self.child = ChildProcess(
-            name=self.name,
-            cmd=python_module(self.module, *self.args, "--port", str(self.port), *extra),
-            log_file=self.log_dir / f"{self.name}-{self.starts}.log",
-            ready=self.ready,
-            env=self.env,
-        )
-        began = time.monotonic()
-        self.child.start(timeout=180)
-        return time.monotonic() - began
-
-    def kill(self) -> None:
-        assert self.child is not None and self.child.alive, f"{self.name} is not running"
-        self.child.kill()
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop(grace=10)
-
-    @property
-    def alive(self) -> bool:
-        return self.child is not None and self.child.alive
-
-
-def judge_server(name: str, log_dir: Path, env: dict[str, str] | None = None, *args: str) -> Server:
-    return Server(
-        name=f"judge-{name}",
-        module="evalstream.judges.server",
-        args=["--judge", name, *args],
-        ready=JUDGE_READY,
-        log_dir=log_dir,
-        env=env or {},
+def judge_server(
+    name: str, log_dir: Path, env: dict[str, str] | None = None, *args: str, label: str | None = None
+) -> ChildProcess:
+    """A judge server on a fixed port, so a test can kill it and start it again where it was."""
+    label = label or f"judge-{name}"
+    child = servers.judge_server(
+        name, *args, name=label, port=free_port(), log_file=log_dir / f"{label}.log", env=env
     )
+    child.startup_timeout = 180
+    return child
 
 
-def replay_server(log_dir: Path, name: str = "llm-replay") -> Server:
-    return Server(
+def replay_server(log_dir: Path, name: str = "llm-replay") -> ChildProcess:
+    """The replay LLM server on a fixed port; restart it with ``--faults`` to change what it does."""
+    return servers.replay_llm(
+        "--datasets",
+        "xstest",
+        "--hang-s",
+        "30",
         name=name,
-        module="evalstream.llm_replay",
-        args=["--datasets", "xstest", "--hang-s", "30"],
-        ready=REPLAY_READY,
-        log_dir=log_dir,
+        port=free_port(),
+        log_file=log_dir / f"{name}.log",
     )
 
 
 @dataclass
 class Tiers:
-    replay: Server
-    judges: dict[int, Server]
+    replay: ChildProcess
+    judges: dict[int, ChildProcess]
 
     def endpoints(self, *tiers: int) -> str:
         return ",".join(f"{t}={self.judges[t].address}" for t in tiers)
@@ -159,7 +112,7 @@ class Tiers:
 def tiers(tmp_path_factory: pytest.TempPathFactory, encoder_artefact: Path) -> Iterator[Tiers]:
     logs = tmp_path_factory.mktemp("fault-tiers")
     replay = replay_server(logs)
-    servers = [replay]
+    started = [replay]
     try:
         replay.start()
         judges = {
@@ -167,12 +120,12 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, encoder_artefact: Path) -> I
             1: judge_server("encoder", logs, {"EVALSTREAM_ENCODER_MODEL_DIR": str(encoder_artefact)}),
             2: judge_server("llm", logs, {"EVALSTREAM_LLM_BASE_URL": replay.url + "/v1", **LLM_ENV}),
         }
-        servers.extend(judges.values())
+        started.extend(judges.values())
         for server in judges.values():
             server.start()
         yield Tiers(replay=replay, judges=judges)
     finally:
-        for server in reversed(servers):
+        for server in reversed(started):
             server.stop()
 
 
@@ -283,12 +236,7 @@ def pipeline(
         "--bootstrap", bootstrap, "--judges", judges, "--group-id", f"pipe-{unique}",
         "--transactional-id", f"tx-{unique}", *t.flags(), *PIPELINE_FLAGS, *extra,
     ]  # fmt: skip
-    return ChildProcess(
-        name=name,
-        cmd=python_module("evalstream.pipeline", *flags),
-        log_file=log_dir / f"{name}.log",
-        ready=r"pipeline consuming",
-    )
+    return servers.pipeline(flags, name=name, log_file=log_dir / f"{name}.log")
 
 
 @dataclass
@@ -428,7 +376,9 @@ def test_judge_killed_mid_stream_and_restarted(
 
             reader.until(judged_while_open, timeout=60, what=f"a batch judged while tier {tier} is down")
             down_until_ms = wall_ms()
-            restart_s = victim.start()
+            began = time.monotonic()
+            victim.start()
+            restart_s = time.monotonic() - began
             restarted_ms = wall_ms()
             wait_until(
                 lambda: pipe.output().count(f"judge tier {tier} at {victim.address} closed") >= 1,
@@ -493,8 +443,8 @@ def metric(url: str, name: str, **labels: str) -> float | None:
 
 @dataclass
 class LLMStack:
-    replay: Server
-    judge: Server
+    replay: ChildProcess
+    judge: ChildProcess
     metrics_url: str
 
 
@@ -635,14 +585,15 @@ def test_a_slow_llm_endpoint_does_not_starve_another(tmp_path: Path, xstest: lis
         tmp_path,
         {"EVALSTREAM_LLM_BASE_URL": slow_replay.url + "/v1", **LLM_ENV, "EVALSTREAM_LLM_MAX_CONCURRENCY": "2",
          "EVALSTREAM_LLM_DEADLINE_S": "10", "EVALSTREAM_LLM_ATTEMPT_TIMEOUT_S": "5"},
-        "--max-concurrent", "2",
+        "--max-concurrent", "2", label="judge-llm-slow",
     )  # fmt: skip
-    slow_judge.name = "judge-llm-slow"
     fast_judge = judge_server(
-        "llm", tmp_path, {"EVALSTREAM_LLM_BASE_URL": fast_replay.url + "/v1", **LLM_ENV}
+        "llm",
+        tmp_path,
+        {"EVALSTREAM_LLM_BASE_URL": fast_replay.url + "/v1", **LLM_ENV},
+        label="judge-llm-fast",
     )
-    fast_judge.name = "judge-llm-fast"
-    servers = [slow_replay, fast_replay, slow_judge, fast_judge]
+    started = [slow_replay, fast_replay, slow_judge, fast_judge]
     try:
         slow_replay.start("--faults", "slow", "--slow-s", "2")
         fast_replay.start()
@@ -705,7 +656,7 @@ def test_a_slow_llm_endpoint_does_not_starve_another(tmp_path: Path, xstest: lis
             f"peak open calls to the slow endpoint {peak_active}"
         )
     finally:
-        for server in reversed(servers):
+        for server in reversed(started):
             server.stop()
 
 

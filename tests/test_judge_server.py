@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -23,9 +21,11 @@ from prometheus_client import CollectorRegistry
 from evalstream.judges.base import ItemOutcome, JudgeInput, JudgeOutput
 from evalstream.judges.registry import UnknownJudgeError, create_judge
 from evalstream.judges.rules import RulesJudge
-from evalstream.judges.server import READY_LINE, JudgeServer, create_server
+from evalstream.judges.server import JudgeServer, create_server
 from evalstream.judges.settings import JudgeServerSettings
+from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.runtime.procs import free_port, wait_until
+from evalstream.runtime.ready import JUDGE_READY
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,65 +329,42 @@ def test_settings_explicit_then_env_then_default(monkeypatch: pytest.MonkeyPatch
 # --- as a real subprocess -----------------------------------------------------------------------
 
 
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen[str]
-    lines: list[str]
-    stderr: Path
-    reader: threading.Thread
-
-    @property
-    def address(self) -> str:
-        wait_until(
-            lambda: bool(self.lines) or self.proc.poll() is not None, timeout=WAIT_S, what="the port line"
-        )
-        assert self.lines, f"server exited {self.proc.returncode}: {self.stderr.read_text()}"
-        prefix = READY_LINE.format(address="")
-        assert self.lines[0].startswith(prefix), self.lines
-        return self.lines[0].removeprefix(prefix).strip()
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator:
-    started: list[ServerProcess] = []
+    """Judge server processes with stdout (their one ready line) apart from the log on stderr; not
+    waited for, so a test can watch one fail to start."""
+    started: list[ChildProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        stderr = tmp_path / f"server-{len(started)}.log"
-        with stderr.open("w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "evalstream.judges.server", *args],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env={**os.environ, **(env or {})},
-            )
-        lines: list[str] = []
-
-        def read() -> None:
-            assert proc.stdout is not None
-            lines.extend(proc.stdout)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        started.append(ServerProcess(proc, lines, stderr, reader))
-        return started[-1]
+    def start(*args: str, env: dict[str, str] | None = None) -> ChildProcess:
+        child = ChildProcess(
+            name=f"server-{len(started)}",
+            cmd=python_module("evalstream.judges.server", *args),
+            log_file=tmp_path / f"server-{len(started)}.log",
+            capture_stdout=True,
+            env=env or {},
+            cwd=ROOT,
+        )
+        started.append(child)
+        child.start()
+        return child
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.proc.wait(WAIT_S)
-        server.reader.join(WAIT_S)
-        assert server.proc.stdout is not None
-        server.proc.stdout.close()
+        server.kill()
+
+
+def address_of(server: ChildProcess) -> str:
+    """The address on the server's ready line (it must be the first line on its stdout)."""
+    address = server.await_line(JUDGE_READY, timeout=WAIT_S)["address"]
+    assert server.stdout_lines[0] == JUDGE_READY.format(address=address) + "\n", server.stdout_lines
+    return address
 
 
 @pytest.mark.slow
 def test_server_process_serves_judges_and_exits_cleanly(spawn, connect) -> None:
     metrics_port = free_port()
     server = spawn("--judge", "rules", "--port", "0", "--metrics-port", str(metrics_port), "--max-batch", "2")
-    address = server.address
+    address = address_of(server)
     assert address.startswith("127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
     client = connect(address)
     assert client.status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
@@ -406,10 +383,9 @@ def test_server_process_serves_judges_and_exits_cleanly(spawn, connect) -> None:
     assert 'evalstream_judge_requests_total{judge="rules-v1"} 3.0' in metrics
     assert 'evalstream_judge_errors_total{code="INVALID_ARGUMENT",judge="rules-v1"} 1.0' in metrics
 
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(WAIT_S) == 0
-    server.reader.join(WAIT_S)
-    assert len(server.lines) == 1, server.lines  # exactly one line on stdout
+    server.signal(signal.SIGTERM)
+    assert server.wait(WAIT_S) == 0
+    assert len(server.stdout_lines) == 1, server.stdout_lines  # exactly one line on stdout
 
 
 @pytest.mark.slow
@@ -425,24 +401,24 @@ def test_sigterm_lets_the_in_flight_call_finish(spawn, connect, tmp_path: Path) 
         "20",
         env={GATE_DIR_ENV: str(gate)},
     )
-    client = connect(server.address)
+    client = connect(address_of(server))
     watch = client.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=WAIT_S)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     in_flight: Future = client.judge.Judge.future(request("a", "b"), timeout=WAIT_S)
     wait_until((gate / "entered").exists, timeout=WAIT_S, what="the call to reach the judge")
 
-    server.proc.send_signal(signal.SIGTERM)
+    server.signal(signal.SIGTERM)
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()
     assert code_of(client.judge.Judge, request("c"), timeout=5) == grpc.StatusCode.UNAVAILABLE
-    assert server.proc.poll() is None  # still finishing the call in flight
+    assert server.alive  # still finishing the call in flight
 
     (gate / "release").touch()
     response = in_flight.result(timeout=WAIT_S)
     assert [r.item_id for r in response.results] == ["e0", "e1"]
     assert response.judge == "gated-v0"
-    assert server.proc.wait(WAIT_S) == 0
-    assert "SIGTERM" in server.stderr.read_text()
+    assert server.wait(WAIT_S) == 0
+    assert "SIGTERM" in server.log_text()
 
 
 @pytest.mark.slow
@@ -460,7 +436,6 @@ def test_bad_configuration_exits_non_zero(spawn, args: tuple[str, ...], message:
         taken.listen()
         port = str(taken.getsockname()[1])
         server = spawn(*(port if a == "taken" else a for a in args), "--port", "0")
-        assert server.proc.wait(WAIT_S) == 2
-    assert message in server.stderr.read_text()
-    server.reader.join(WAIT_S)
-    assert server.lines == []
+        assert server.wait(WAIT_S) == 2
+    assert message in server.log_text()
+    assert server.stdout_lines == []

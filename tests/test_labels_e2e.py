@@ -22,6 +22,7 @@ from sklearn.metrics import cohen_kappa_score
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.evaluation.statistics import kappa_with_ci
 from evalstream.kafka.admin import ensure_topics
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
 from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.runtime.procs import wait_until
@@ -43,7 +44,6 @@ from .real_parts import Topics, judge_server, pipeline, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-EXPORTER_READY = r"evalstream-exporter metrics on (http://\S+/metrics)"
 MODEL = "llama2orig"
 REFUSING = {"full_refusal", "partial_refusal"}
 
@@ -52,9 +52,7 @@ REFUSING = {"full_refusal", "partial_refusal"}
 def judge_tier0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     child = judge_server("judge-tier0", "rules", tmp_path_factory.mktemp("judge"))
     try:
-        match = child.start(timeout=90)
-        assert match is not None, child.output()[-2000:]
-        yield match.group(1)
+        yield child.start(timeout=90)
     finally:
         child.stop()
 
@@ -77,12 +75,7 @@ def exporter(
         *extra,
     ]
     # fmt: on
-    return ChildProcess(
-        name=name,
-        cmd=python_module("evalstream.exporter", *flags),
-        log_file=log_dir / f"{name}.log",
-        ready=EXPORTER_READY,
-    )
+    return servers.exporter(flags, name=name, log_file=log_dir / f"{name}.log")
 
 
 def label_cli(name: str, log_dir: Path, *args: str) -> ChildProcess:

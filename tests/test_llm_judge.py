@@ -8,12 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -46,13 +42,13 @@ from evalstream.judges.prompts import (
     response_format,
 )
 from evalstream.judges.registry import create_judge
-from evalstream.judges.server import READY_LINE
 from evalstream.judges.settings import JudgeServerSettings
 from evalstream.llm_replay import FAULT_HEADER
 from evalstream.llm_replay.keys import extract_blocks
 from evalstream.llm_replay.recordings import PROMETHEUS_TO_TEN, split_prometheus_instruction
 from evalstream.llm_replay.replies import SCHEMA_BREAKING_CONTENT
 from evalstream.local.llm_replay import ReplayProcess, start_replay_server
+from evalstream.local.servers import judge_server
 from evalstream.runtime.procs import wait_until
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc
 from evalstream.wire.dimensions import Dimension, RefusalLabel, quality_label
@@ -755,20 +751,14 @@ def test_judge_server_process_serves_recorded_verdicts_over_grpc(
 ) -> None:
     records = random.Random(9).sample([r for r in read_xstest(shared_data) if r.gpt4_label], 20)
     env = {
-        **os.environ,
         "EVALSTREAM_LLM_BASE_URL": replay.base_url,
         "EVALSTREAM_LLM_API_KEY": API_KEY,
         "EVALSTREAM_LLM_MODEL": "gpt-4",
     }
-    cmd = [sys.executable, "-m", "evalstream.judges.server", "--judge", "llm", "--port", "0"]
-    log = (tmp_path / "judge.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    judge = judge_server("llm", log_file=tmp_path / "judge.log", env=env, capture_stdout=True)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the server prints its one line or exits (then readline ends)
-        prefix = READY_LINE.format(address="")
-        assert line.startswith(prefix), f"judge server said {line!r}; see {log.name}"
-        with grpc.insecure_channel(line.strip().removeprefix(prefix)) as channel:
+        address = judge.start()
+        with grpc.insecure_channel(address) as channel:
             stub = judge_pb2_grpc.JudgeServiceStub(channel)  # type: ignore[no-untyped-call]
             request = judge_pb2.JudgeRequest(
                 items=[
@@ -789,8 +779,4 @@ def test_judge_server_process_serves_recorded_verdicts_over_grpc(
         assert response.tier == 2 and response.judge == "llm-v1:gpt-4"
         assert [res.judgements[0].label for res in response.results] == [r.gpt4_label for r in records]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        judge.stop(grace=30)

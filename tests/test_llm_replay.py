@@ -342,8 +342,8 @@ def test_http_config_faults_and_sigterm_with_a_request_in_flight(
             timeout=10,
             what="request in flight",
         )
-        proc.proc.send_signal(signal.SIGTERM)
-        assert proc.proc.wait(timeout=10) == 0
+        proc.child.signal(signal.SIGTERM)
+        assert proc.child.wait(timeout=10) == 0
         caller.join(timeout=10)
         assert not caller.is_alive() and hung, "the hung request should end when the server stops"
 

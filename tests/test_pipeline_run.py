@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -17,9 +16,11 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalstream.kafka.admin import ensure_topics
+from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import free_port, wait_until
+from evalstream.runtime.ready import METRICS_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.replay import ReplayOptions, run_replay
 from evalstream.v1 import summary_pb2, verdict_pb2
@@ -30,20 +31,13 @@ from .pipeline_helpers import event_json
 
 pytestmark = pytest.mark.slow
 
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
-
 
 @pytest.fixture(scope="module")
 def judge_tier0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child = ChildProcess(
-        name="judge-tier0",
-        cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", "0"),
-        log_file=tmp_path_factory.mktemp("judge") / "judge.log",
-        ready=JUDGE_READY,
+    child = servers.judge_server(
+        "rules", name="judge-tier0", log_file=tmp_path_factory.mktemp("judge") / "judge.log"
     )
-    match = child.start(timeout=60)
-    assert match is not None
-    yield match.group(1)
+    yield child.start(timeout=60)
     assert child.stop() == 0, child.output()
 
 
@@ -72,24 +66,11 @@ def pipeline_process(
     broker: EmbeddedBroker, judge: str, t: Topics, unique: str, log_dir: Path, *extra: str
 ) -> ChildProcess:
     """The pipeline as its own process (not started); register it in ``children`` for cleanup."""
-    return ChildProcess(
-        name="pipeline",
-        cmd=python_module(
-            "evalstream.pipeline",
-            "--bootstrap",
-            broker.bootstrap,
-            "--judges",
-            f"0={judge}",
-            "--group-id",
-            f"pipe-{unique}",
-            "--transactional-id",
-            f"tx-{unique}",
-            *t.flags(),
-            *extra,
-        ),
-        log_file=log_dir / "pipeline.log",
-        ready=r"pipeline consuming",
-    )
+    flags = [
+        "--bootstrap", broker.bootstrap, "--judges", f"0={judge}", "--group-id", f"pipe-{unique}",
+        "--transactional-id", f"tx-{unique}", *t.flags(), *extra,
+    ]  # fmt: skip
+    return servers.pipeline(flags, log_file=log_dir / "pipeline.log")
 
 
 def produce(
@@ -234,12 +215,7 @@ def test_judge_down_dead_letters_then_recovers(
 
 def start_rules_judge(port: int, log_dir: Path, children: list[ChildProcess]) -> ChildProcess:
     """A tier-0 judge server on ``port``, started (for a judge that was down and comes back)."""
-    judge = ChildProcess(
-        name="judge-late",
-        cmd=python_module("evalstream.judges.server", "--judge", "rules", "--port", str(port)),
-        log_file=log_dir / "judge.log",
-        ready=JUDGE_READY,
-    )
+    judge = servers.judge_server("rules", name="judge-late", port=port, log_file=log_dir / "judge.log")
     children.append(judge)
     judge.start(timeout=60)
     return judge
@@ -264,9 +240,8 @@ def send_until_judged(bootstrap: str, t: Topics, reader: TopicReader, *, prefix:
 
 def pipeline_metrics(pipe: ChildProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample on the pipeline's /metrics, keyed by (name, sorted labels)."""
-    found = re.search(r"metrics on (http://\S+/metrics)", pipe.output())
-    assert found, "the pipeline did not log its /metrics address"
-    text = httpx.get(found.group(1), timeout=5).text
+    address = pipe.await_line(METRICS_READY)["address"]
+    text = httpx.get(f"http://{address}/metrics", timeout=5).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import secrets
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from evalstream.judges.base import JudgeInput
 from evalstream.judges.llm import LLMJudge, LLMJudgeSettings
 from evalstream.local.broker import EmbeddedBroker
 from evalstream.local.supervisor import ChildProcess
+from evalstream.runtime.ready import METRICS_READY
 from evalstream.tools.replay import EventKind, OutgoingRecord, build_event
 from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, verdict_pb2
 from evalstream.wire import topics
@@ -165,9 +165,8 @@ def _judge(address: str, items: list[judge_pb2.JudgeItem], dimensions: list[str]
 
 
 def _metrics(child: ChildProcess) -> str:
-    match = re.search(r"metrics on (http://\S+/metrics)", child.output())
-    assert match is not None, child.output()[-2000:]
-    return httpx.get(match.group(1), timeout=10).text
+    address = child.await_line(METRICS_READY)["address"]
+    return httpx.get(f"http://{address}/metrics", timeout=10).text
 
 
 def test_api_keys_never_leave_the_judge_in_any_form(

@@ -63,6 +63,7 @@ from evalstream.pipeline.records import KafkaRecord
 from evalstream.pipeline.sampling import SamplingConfig
 from evalstream.pipeline.settings import PipelineSettings, parse_endpoints
 from evalstream.runtime.circuit import BreakerPolicy
+from evalstream.runtime.ready import METRICS_READY, PIPELINE_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tracing import endpoint_from_env, setup_tracing
 from evalstream.v1 import summary_pb2, verdict_pb2
@@ -398,9 +399,8 @@ class MicroBatchRunner:
         try:
             writer.ready()  # initialises the transactional id: fences a predecessor, aborts its transaction
             log.info(
-                "pipeline consuming %s as group %s, judges %s, cascade %s, transactional id %s",
-                s.input_topic,
-                s.group_id,
+                "%s with judges %s, cascade %s, transactional id %s",
+                PIPELINE_READY.format(topic=s.input_topic, group=s.group_id),
                 self.config.endpoints,
                 self.config.cascade.version,
                 writer.transactional_id,
@@ -585,7 +585,7 @@ def run(argv: Sequence[str] | None = None) -> RunStats | None:
             registry, breakers=(lambda: breakers.resolve().all()) if breakers is not None else None
         )
         server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_port)
+        log.info("%s", METRICS_READY.format(address=f"{settings.metrics_host}:{server.server_port}"))
     try:
         stats = runner.run()
     except FencedError as exc:

@@ -2,8 +2,8 @@
 
     python -m evalstream.exporter [--bootstrap HOST:PORT] [--metrics-port 0] [--state-file F]
 
-When ``/metrics`` listens it prints exactly one line to stdout,
-``evalstream-exporter metrics on http://HOST:PORT/metrics``; everything else goes to the log on
+When ``/metrics`` listens it prints exactly one line to stdout, ``EXPORTER_READY``
+(``evalstream.runtime.ready``); everything else goes to the log on
 stderr. SIGTERM or SIGINT: save, commit, publish, exit 0.
 
 Exactly once across restarts: totals and offsets are saved together (see ``state.py``). Each flush
@@ -40,6 +40,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
+from evalstream.runtime.ready import EXPORTER_READY
 from evalstream.runtime.settings import KafkaSettings
 
 from .core import ExporterCore, Stream
@@ -47,12 +48,10 @@ from .labels import LabelName
 from .settings import ExporterSettings
 from .state import Partition, ResumePlan, SavedState, StateError, StateFile, resume_plan
 
-__all__ = ["READY_LINE", "Exporter", "ExporterError", "main"]
+__all__ = ["Exporter", "ExporterError", "main"]
 
 log = logging.getLogger("evalstream.exporter.server")  # also when run as __main__
 
-#: The one line printed to stdout when /metrics listens; parents match it to learn the port.
-READY_LINE: Final = "evalstream-exporter metrics on http://{address}/metrics"
 _POLL_MS: Final = 200
 
 
@@ -417,8 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.agreement_truth_annotator,
         settings.drift_config(),
     )
-    sys.stdout.write(READY_LINE.format(address=address) + "\n")
-    sys.stdout.flush()
+    EXPORTER_READY.announce(address=address)
     try:
         exporter.run(stop)
     finally:

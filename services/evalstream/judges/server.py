@@ -2,7 +2,7 @@
 
     python -m evalstream.judges.server --judge rules [--host 127.0.0.1] [--port 0] [--metrics-port N]
 
-When it listens it prints exactly one line, ``evalstream-judge listening on HOST:PORT``, to stdout
+When it listens it prints exactly one line, ``JUDGE_READY`` (``evalstream.runtime.ready``), to stdout
 (a parent that passed ``--port 0`` reads the port from it); everything else goes to the log on
 stderr. On SIGTERM or SIGINT it rejects new calls with UNAVAILABLE, reports NOT_SERVING on the
 health service, lets in-flight calls finish within the grace period, stops, and exits 0.
@@ -38,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
+from evalstream.runtime.ready import JUDGE_READY, METRICS_READY
 from evalstream.v1 import judge_pb2, judge_pb2_grpc, verdict_pb2
 
 from .base import BudgetedJudge, ItemOutcome, Judge, JudgeInput, input_from_event
@@ -45,7 +46,6 @@ from .registry import UnknownJudgeError, create_judge
 from .settings import JudgeServerSettings
 
 __all__ = [
-    "READY_LINE",
     "ExportsMetrics",
     "JudgeServer",
     "JudgeServicer",
@@ -58,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger("evalstream.judges.server")  # also when run as __main__
 
-#: The one line printed to stdout when the server listens; parents match it to learn the port.
-READY_LINE: Final = "evalstream-judge listening on {address}"
 SERVICE_NAME: Final = "evalstream.v1.JudgeService"
 # Threads beyond max_concurrent, so that a request over the limit is rejected at once instead of
 # queueing behind the busy ones.
@@ -484,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server, port = create_server(settings, judge, registry)
         if settings.metrics_port is not None:
             metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-            log.info("metrics on http://%s/metrics", _address(settings.host, metrics_http.server_port))
+            log.info("%s", METRICS_READY.format(address=_address(settings.host, metrics_http.server_port)))
     except (ValidationError, UnknownJudgeError, ServerStartError, ValueError, OSError) as exc:
         log.error("judge server not started: %s", exc)
         return 2
@@ -499,8 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start()
     log.info("serving %s (tier %d), max batch %d", judge.name, judge.tier, settings.max_batch)
-    sys.stdout.write(READY_LINE.format(address=_address(settings.host, port)) + "\n")
-    sys.stdout.flush()
+    JUDGE_READY.announce(address=_address(settings.host, port))
     stop.wait()
     server.stop(settings.grace_s).wait()
     if metrics_http is not None:

@@ -18,7 +18,6 @@ import random
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.evaluation.datasets import data_root
+from evalstream.runtime.ready import LLM_REPLAY_READY
 
 from .faults import FAULT_HEADER, FaultKind, FaultPlan, parse_faults
 from .recordings import DATASETS, ReplayStore
@@ -49,8 +49,6 @@ __all__ = ["ReplayServer", "ReplaySettings", "create_server", "main"]
 
 _log = logging.getLogger(__name__)
 
-#: Printed (and flushed) on stdout once the server accepts connections; tests wait for it.
-LISTENING_LINE: Final = "evalstream-llm-replay listening on http://{host}:{port}"
 _MAX_BODY: Final = 32 * 1024 * 1024
 
 
@@ -377,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    sys.stdout.write(LISTENING_LINE.format(host=settings.host, port=server.port) + "\n")
-    sys.stdout.flush()
+    LLM_REPLAY_READY.announce(url=f"http://{settings.host}:{server.port}")
     try:
         server.serve_forever(poll_interval=0.1)
     finally:

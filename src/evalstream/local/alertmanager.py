@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import subprocess
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
 
 import httpx
 import yaml
 
-from evalstream.runtime.procs import free_port, wait_until
+from evalstream.local.supervisor import HttpServerProcess
 
 __all__ = ["ALERTMANAGER_BINARIES", "AlertmanagerError", "AlertmanagerServer", "find_binary", "render_config"]
 
@@ -86,36 +82,18 @@ def render_config(
 
 
 @dataclass(kw_only=True)
-class AlertmanagerServer:
-    """One Alertmanager process on a free loopback port."""
+class AlertmanagerServer(HttpServerProcess):
+    """One Alertmanager process on a free loopback port; ``address`` is what Prometheus's
+    ``alerting`` section wants."""
 
-    data_dir: Path
+    name: ClassVar[str] = "alertmanager"
+    error: ClassVar[type[RuntimeError]] = AlertmanagerError
+
     webhook_url: str | None = None
     group_wait_s: float = 30.0
     group_interval_s: float = 300.0
     repeat_interval_s: float = 4 * 3600.0
-    host: str = "127.0.0.1"
-    port: int = 0
     binary: str | None = None  # None: the first of ALERTMANAGER_BINARIES on PATH
-    startup_timeout: float = 30.0
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        """``host:port``, as Prometheus's ``alerting`` section wants it."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "alertmanager.log"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> AlertmanagerServer:
         binary = shutil.which(self.binary) if self.binary else find_binary()
@@ -124,9 +102,7 @@ class AlertmanagerServer:
                 f"{self.binary or ' or '.join(ALERTMANAGER_BINARIES)} not found on PATH; install "
                 "Debian's prometheus-alertmanager package (apt-get install prometheus-alertmanager)"
             )
-        if self.port == 0:
-            self.port = free_port(self.host)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
         config = self.data_dir / "alertmanager.yml"
         config.write_text(
             render_config(
@@ -144,40 +120,8 @@ class AlertmanagerServer:
             f"--web.external-url={self.url}",
             "--cluster.listen-address=",
         ]
-        log.info("starting alertmanager: %s", " ".join(cmd))
-        with self.log_file.open("ab") as out:
-            self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        try:
-            wait_until(self._ready, timeout=self.startup_timeout, what=f"alertmanager ready on {self.url}")
-        except TimeoutError as exc:
-            self.stop()
-            raise AlertmanagerError(
-                f"alertmanager did not become ready on {self.url}; see {self.log_file}"
-            ) from exc
-        if not self.running:
-            raise AlertmanagerError(f"alertmanager exited at start; see {self.log_file}")
+        self._launch(cmd)
         return self
-
-    def _ready(self) -> bool:
-        if not self.running:
-            return True  # start() reports the exit
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
     def alerts(self, **filters: str) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``: the alerts Alertmanager holds, each with ``labels`` and ``status``."""
@@ -192,11 +136,3 @@ class AlertmanagerServer:
                 f"alertmanager API /api/v2/alerts returned {type(body).__name__}, not a list"
             )
         return body
-
-    def __enter__(self) -> AlertmanagerServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import httpx
 import yaml
 
+from evalstream.local.supervisor import HttpServerProcess
 from evalstream.runtime.paths import DEPLOY_DIR
-from evalstream.runtime.procs import free_port, wait_until
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -91,33 +88,19 @@ def render_config(
 
 
 @dataclass(kw_only=True)
-class PrometheusServer:
+class PrometheusServer(HttpServerProcess):
     """One Prometheus process on a free loopback port, scraping ``targets``, sending alerts to
     ``alertmanagers`` (``host:port``, e.g. ``AlertmanagerServer.address``)."""
 
+    name: ClassVar[str] = "prometheus"
+    error: ClassVar[type[RuntimeError]] = PrometheusError
+
     targets: Mapping[str, Sequence[str]]
-    data_dir: Path
     rules: Sequence[Path] = field(default_factory=rule_files)
     alertmanagers: Sequence[str] = ()
     scrape_interval_s: float = 1.0
     evaluation_interval_s: float = 1.0
-    host: str = "127.0.0.1"
-    port: int = 0
     binary: str = "prometheus"
-    startup_timeout: float = 30.0
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "prometheus.log"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> PrometheusServer:
         binary = shutil.which(self.binary)
@@ -126,9 +109,7 @@ class PrometheusServer:
                 f"{self.binary!r} not found on PATH; install Debian's prometheus package "
                 "(apt-get install prometheus), which also provides promtool"
             )
-        if self.port == 0:
-            self.port = free_port(self.host)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare()
         config = self.data_dir / "prometheus.yml"
         config.write_text(
             render_config(
@@ -147,40 +128,8 @@ class PrometheusServer:
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ]
-        log.info("starting prometheus: %s", " ".join(cmd))
-        with self.log_file.open("ab") as out:
-            self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        try:
-            wait_until(self._ready, timeout=self.startup_timeout, what=f"prometheus ready on {self.url}")
-        except TimeoutError as exc:
-            self.stop()
-            raise PrometheusError(
-                f"prometheus did not become ready on {self.url}; see {self.log_file}"
-            ) from exc
-        if not self.running:
-            raise PrometheusError(f"prometheus exited at start; see {self.log_file}")
+        self._launch(cmd)
         return self
-
-    def _ready(self) -> bool:
-        if not self.running:
-            return True  # start() reports the exit
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
     def api(self, path: str, **params: Any) -> Any:
         """GET ``/api/v1/<path>``; returns ``data``, or raises ``PrometheusError`` with the error."""
@@ -218,11 +167,3 @@ class PrometheusServer:
         """Every active target has been scraped successfully at least once."""
         active = self.api("targets")["activeTargets"]
         return bool(active) and all(t["health"] == "up" for t in active)
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

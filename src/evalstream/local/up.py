@@ -4,38 +4,52 @@ Broker (unless ``--bootstrap`` points at a running Kafka), the replay LLM server
 (tier 0 rules, tier 1 encoder, tier 2 LLM), a cascade calibrated against them on XSTest human
 labels, the pipeline, the exporter, Alertmanager (where installed), Prometheus with the alert rules
 sending to it, and a traffic replay, each its own process with its own log under the state
-directory. Prints where each part is and how to stop it; Ctrl-C (or SIGTERM) stops everything
-cleanly. If any part dies, ``up`` says which and where its log is, stops the rest and exits non-zero.
+directory. Prints where each part is and how to stop it. If any part dies, ``up`` says which and
+where its log is, stops the rest and exits non-zero.
+
+Nothing outlives ``up``: Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop every part in reverse
+order, also while the stack is still starting; so does a broken stdout (``up | head -1``, or a ``tee``
+that got the Ctrl-C first), noticed when a write fails or, while ``up`` is quiet, when the pipe's
+reader is gone. If ``up`` itself is killed, the kernel kills its children (the launcher's
+``PR_SET_PDEATHSIG``, ``evalstream.local.supervisor``).
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import os
+import select
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import IO, Final
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from evalstream.kafka.admin import ensure_topics
 from evalstream.local.alertmanager import AlertmanagerServer, find_binary
 from evalstream.local.broker import EmbeddedBroker
 from evalstream.local.prometheus import PrometheusServer
+from evalstream.local.servers import exporter as exporter_process
+from evalstream.local.servers import judge_server, replay_llm
+from evalstream.local.servers import pipeline as pipeline_process
 from evalstream.local.supervisor import ChildProcess, ChildStartError, python_module
-from evalstream.runtime.procs import wait_until
+from evalstream.runtime.ready import METRICS_READY, UP_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tables import print_table
 from evalstream.wire.dimensions import Tier
 
-__all__ = ["Stack", "StackOptions", "up"]
+__all__ = ["STOP_SIGNALS", "Output", "Stack", "StackOptions", "up"]
 
 log = logging.getLogger(__name__)
 
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
+#: The signals that stop ``up`` and everything it started.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _JUDGE_NAMES: dict[int, str] = {Tier.RULES: "rules", Tier.ENCODER: "encoder", Tier.LLM: "llm"}
 
 
@@ -56,10 +70,84 @@ class StackOptions:
     delta: float = 0.1  # ... with probability >= 1 - delta
 
 
+class Interrupted(BaseException):
+    """A stop signal arrived while the stack was still starting (a BaseException, as
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it)."""
+
+
+class _Console(Console):
+    """rich's Console, but a broken pipe marks ``up``'s output broken instead of exiting at once
+    (rich's default raises SystemExit, which would skip stopping the stack)."""
+
+    def __init__(self, output: Output, stream: IO[str]) -> None:
+        super().__init__(file=stream)
+        self._output = output
+
+    def on_broken_pipe(self) -> None:
+        self._output.mark_broken()
+
+
+class Output:
+    """``up``'s own output (stdout), which may break: a pipe whose reader exits, a closed terminal.
+
+    A failed write marks it broken instead of raising, and points stdout at /dev/null so that
+    nothing (rich, the interpreter's last flush) tries it again; ``up`` then stops the stack.
+    ``reader_gone`` notices a pipe whose reader has exited even while ``up`` writes nothing."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+        self.console: Console = _Console(self, self._stream)
+        self.broken = False
+
+    def print(self, *objects: RenderableType) -> None:
+        if self.broken:
+            return
+        try:
+            self.console.print(*objects)
+            self._stream.flush()
+        except OSError:  # EPIPE, or EIO from a terminal that went away
+            self.mark_broken()
+
+    def print_table(self, table: Table) -> None:
+        """``print_table`` (a table too wide for the console turned on its side), guarded as ``print``."""
+        if self.broken:
+            return
+        try:
+            print_table(self.console, table)
+            self._stream.flush()
+        except OSError:
+            self.mark_broken()
+
+    def reader_gone(self) -> bool:
+        """True once stdout is a pipe (or socket) with nobody left to read it."""
+        if self.broken:
+            return True
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in poller.poll(0)):
+            self.mark_broken()
+        return self.broken
+
+    def mark_broken(self) -> None:
+        """Write nothing more, and send what is still buffered for stdout to /dev/null."""
+        self.broken = True
+        self.console.quiet = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+
 @dataclass(kw_only=True)
 class Stack:
     options: StackOptions
-    console: Console = field(default_factory=Console)
+    output: Output = field(default_factory=Output)
     broker: EmbeddedBroker | None = None
     children: list[ChildProcess] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)
@@ -71,8 +159,13 @@ class Stack:
     def logs(self) -> Path:
         return self.options.state_dir / "logs"
 
-    def _child(self, name: str, cmd: list[str], ready: str | None = None) -> ChildProcess:
-        child = ChildProcess(name=name, cmd=cmd, log_file=self.logs / f"{name}.log", ready=ready)
+    @property
+    def console(self) -> Console:
+        return self.output.console
+
+    def _child(self, child: ChildProcess) -> ChildProcess:
+        """Register ``child`` (to be stopped) before it starts; its log goes under the state dir."""
+        child.log_file = self.logs / f"{child.name}.log"
         self.children.append(child)
         return child
 
@@ -109,37 +202,33 @@ class Stack:
         pipeline_args += ["--cascade-config", str(cascade)]
         if opts.sampling_config:
             pipeline_args += ["--sampling-config", str(opts.sampling_config)]
-        pipeline = self._child(
-            "pipeline", python_module("evalstream.pipeline", *pipeline_args), r"pipeline consuming"
-        )
+        pipeline = self._child(pipeline_process(pipeline_args))
         pipeline.start()
-        pipeline_metrics = _metrics_address(pipeline)
+        pipeline_metrics = pipeline.await_line(METRICS_READY)["address"]
         self.where["pipeline (Beam micro-batches)"] = (
             f"log {pipeline.log_file}, http://{pipeline_metrics}/metrics"
         )
 
         exporter = self._child(
-            "exporter",
-            python_module(
-                "evalstream.exporter",
-                "--bootstrap",
-                bootstrap,
-                "--metrics-port",
-                "0",
-                "--state-file",
-                str(opts.state_dir / "exporter" / "state.json"),
-                "--cascade-config",
-                str(cascade),
-            ),
-            r"evalstream-exporter metrics on http://(\S+)/metrics",
+            exporter_process(
+                [
+                    "--bootstrap",
+                    bootstrap,
+                    "--metrics-port",
+                    "0",
+                    "--state-file",
+                    str(opts.state_dir / "exporter" / "state.json"),
+                    "--cascade-config",
+                    str(cascade),
+                ]
+            )
         )
-        match = exporter.start()
-        assert match is not None
-        self.where["exporter /metrics"] = f"http://{match.group(1)}/metrics"
+        exporter_address = exporter.start()
+        self.where["exporter /metrics"] = f"http://{exporter_address}/metrics"
         alertmanagers = self._start_alertmanager()
         self.prometheus = PrometheusServer(
             targets={
-                "evalstream-exporter": [match.group(1)],
+                "evalstream-exporter": [exporter_address],
                 "evalstream-judges": list(self.judge_metrics.values()),
                 "evalstream-pipeline": [pipeline_metrics],
             },
@@ -165,8 +254,13 @@ class Stack:
         ]
         for model in opts.models:
             replay_args += ["--models", model]
-        replay = self._child("replay", python_module("evalstream.cli.app", *replay_args))
-        replay.env["EVALSTREAM_KAFKA_BOOTSTRAP"] = bootstrap
+        replay = self._child(
+            ChildProcess(
+                name="replay",
+                cmd=python_module("evalstream.cli.app", *replay_args),
+                env={"EVALSTREAM_KAFKA_BOOTSTRAP": bootstrap},
+            )
+        )
         replay.start()
         self.where["traffic replay (XSTest v2)"] = f"{opts.replay_rate:g} events/s, log {replay.log_file}"
 
@@ -195,28 +289,14 @@ class Stack:
             if tier == Tier.ENCODER:
                 env["EVALSTREAM_ENCODER_MODEL_DIR"] = str(self._encoder_artefact())
             elif tier == Tier.LLM:
-                llm = self._child(
-                    "llm-replay",
-                    python_module("evalstream.llm_replay", "--port", "0"),
-                    r"evalstream-llm-replay listening on (\S+)",
-                )
-                match = llm.start()
-                assert match is not None
-                self.where["LLM endpoint (replay of recorded GPT-4 verdicts)"] = match.group(1)
-                env["EVALSTREAM_LLM_BASE_URL"] = match.group(1) + "/v1"
+                llm = self._child(replay_llm())
+                url = llm.start()
+                self.where["LLM endpoint (replay of recorded GPT-4 verdicts)"] = url
+                env["EVALSTREAM_LLM_BASE_URL"] = url + "/v1"
             name = _JUDGE_NAMES[tier]
-            child = self._child(
-                f"judge-tier{tier}",
-                python_module(
-                    "evalstream.judges.server", "--judge", name, "--port", "0", "--metrics-port", "0"
-                ),
-                JUDGE_READY,
-            )
-            child.env.update(env)
-            match = child.start(timeout=180)
-            assert match is not None
-            judges[tier] = match.group(1)
-            self.judge_metrics[tier] = _metrics_address(child)
+            child = self._child(judge_server(name, "--metrics-port", "0", name=f"judge-tier{tier}", env=env))
+            judges[tier] = child.start(timeout=180)
+            self.judge_metrics[tier] = child.await_line(METRICS_READY)["address"]
             self.where[f"judge tier {tier} ({name}, gRPC)"] = judges[tier]
         return judges
 
@@ -231,16 +311,18 @@ class Stack:
             except EncoderArtefactError as exc:  # made by an older evalstream: train it again
                 self.console.print(f"the tier-1 artefact in {artefact} cannot be served: {exc}")
         train = self._child(
-            "encoder-train",
-            python_module("evalstream.judges.encoder_train", "--out", str(artefact), "--force"),
+            ChildProcess(
+                name="encoder-train",
+                cmd=python_module("evalstream.judges.encoder_train", "--out", str(artefact), "--force"),
+            )
         )
-        self.console.print(
+        self.output.print(
             "training the tier-1 encoder judge on XSTest and rubric scores (once: about a minute, "
             f"several on a busy machine; log: {train.log_file}) ..."
         )
         train.start()
         code = train.wait(900)
-        self.children.remove(train)
+        self.children.remove(train)  # exited: nothing to stop
         if code != 0:
             raise ChildStartError(f"encoder training failed (exit {code}); log: {train.log_file}")
         return artefact
@@ -276,7 +358,7 @@ class Stack:
         return path
 
     def describe(self) -> Table:
-        table = Table(title="evalstream is up", show_lines=False)
+        table = Table(title=UP_READY.format(), show_lines=False)
         table.add_column("part")
         table.add_column("where")
         for part, where in self.where.items():
@@ -291,26 +373,21 @@ class Stack:
         return None
 
     def stop(self) -> None:
+        """Stop every part in reverse order of start; one that fails to stop does not keep the rest
+        running."""
+        parts: list[tuple[str, Callable[[], object]]] = []
         if self.prometheus is not None:
-            self.prometheus.stop()
+            parts.append(("prometheus", self.prometheus.stop))
         if self.alertmanager is not None:
-            self.alertmanager.stop()
-        for child in reversed(self.children):
-            code = child.stop()
-            log.info("stopped %s (exit %s)", child.name, code)
+            parts.append(("alertmanager", self.alertmanager.stop))
+        parts += [(child.name, child.stop) for child in reversed(self.children)]
         if self.broker is not None:
-            self.broker.stop()
-
-
-_METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
-
-
-def _metrics_address(child: ChildProcess) -> str:
-    """Judge servers and the pipeline log their /metrics address once they serve it."""
-    wait_until(lambda: bool(_METRICS_LINE.search(child.output())), timeout=30, what=f"{child.name} metrics")
-    found = _METRICS_LINE.search(child.output())
-    assert found is not None
-    return found.group(1)
+            parts.append(("broker", self.broker.stop))
+        for name, stop in parts:
+            try:
+                log.info("stopped %s (exit %s)", name, stop())
+            except Exception:
+                log.exception("stopping %s failed", name)
 
 
 def up(
@@ -318,32 +395,45 @@ def up(
     *,
     stop: threading.Event | None = None,
     on_ready: Callable[[Stack], None] | None = None,
+    output: Output | None = None,
 ) -> int:
-    """Start the stack and block until Ctrl-C/SIGTERM (or ``stop``); returns the exit code."""
+    """Start the stack and block until a stop signal (``STOP_SIGNALS``), a broken stdout, a dead
+    part, or ``stop``; then stop everything. Returns the exit code."""
     stop = stop or threading.Event()
+    stack = Stack(options=options, output=output or Output())
+    starting = True
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        if starting:  # abort the start (it may be minutes into training); the finally stops what runs
+            raise Interrupted(signal.Signals(signum).name)
+
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    stack = Stack(options=options)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, on_signal)
     code = 0
     try:
         stack.start()
-        print_table(stack.console, stack.describe())
+        starting = False
+        stack.output.print_table(stack.describe())
         if on_ready:
             on_ready(stack)
         while not stop.wait(1.0):
+            if stack.output.reader_gone():
+                log.warning("stdout is gone (its reader exited): stopping")
+                break
             if (dead := stack.dead_child()) is not None:
-                stack.console.print(
+                stack.output.print(
                     f"[red]{dead.name} exited with code {dead.returncode}[/red]; its log: {dead.log_file}"
                 )
                 code = 1
                 break
+    except Interrupted as exc:
+        log.warning("%s while starting: stopping what started", exc)
+        code = 1
     finally:
-        # Stopping never depends on the terminal: with `up | tee log`, Ctrl-C ends tee too, and
-        # printing then fails (BrokenPipeError), which must not leave the children running.
-        try:
-            stack.console.print("stopping ...")
-        finally:
-            stack.stop()
-        stack.console.print("stopped.")
+        starting = False
+        stack.output.print("stopping ...")
+        stack.stop()
+        stack.output.print("stopped.")
     return code
