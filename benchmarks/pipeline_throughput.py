@@ -177,20 +177,18 @@ def main() -> None:
             verdicts_topic = f"bench-verdicts-{uuid.uuid4().hex[:6]}"
             ensure_topics(kafka, {lag_topic: 4, verdicts_topic: 4})
             pipe = servers.pipeline(
-                [
-                    "--bootstrap",
-                    broker.bootstrap,
-                    "--judges",
-                    f"0={judge_address}",
-                    "--input-topic",
-                    lag_topic,
-                    "--verdicts-topic",
-                    verdicts_topic,
-                    "--group-id",
-                    f"lag-{uuid.uuid4().hex[:6]}",
-                    "--transactional-id",
-                    f"lag-{uuid.uuid4().hex[:6]}",
-                ],
+                "--bootstrap",
+                broker.bootstrap,
+                "--judges",
+                f"0={judge_address}",
+                "--input-topic",
+                lag_topic,
+                "--verdicts-topic",
+                verdicts_topic,
+                "--group-id",
+                f"lag-{uuid.uuid4().hex[:6]}",
+                "--transactional-id",
+                f"lag-{uuid.uuid4().hex[:6]}",
                 log_file=Path(tmp) / "pipeline.log",
             )
             pipe.start()

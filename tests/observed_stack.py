@@ -111,7 +111,7 @@ def start_observed_stack(
         "--events-topic", t.events,
         "--cascade-config", str(cascade_file),
     ]  # fmt: skip
-    exporter = servers.exporter(flags, log_file=log_dir / "exporter.log")
+    exporter = servers.exporter(*flags, log_file=log_dir / "exporter.log")
     exporter_address = start(children, exporter)
 
     alertmanager = exits.enter_context(

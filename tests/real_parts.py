@@ -77,7 +77,7 @@ def pipeline(
         *t.flags(),
         *extra,
     ]  # fmt: skip
-    return servers.pipeline(flags, log_file=log_dir / "pipeline.log", env=env)
+    return servers.pipeline(*flags, log_file=log_dir / "pipeline.log", env=env)
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[OutgoingRecord]) -> int:

@@ -224,7 +224,7 @@ def exporter(
         **extra,
     }
     return servers.exporter(
-        [x for kv in args.items() for x in kv], name=name, log_file=tmp_path / f"{name}.log"
+        *(x for kv in args.items() for x in kv), name=name, log_file=tmp_path / f"{name}.log"
     )
 
 

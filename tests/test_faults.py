@@ -236,7 +236,7 @@ def pipeline(
         "--bootstrap", bootstrap, "--judges", judges, "--group-id", f"pipe-{unique}",
         "--transactional-id", f"tx-{unique}", *t.flags(), *PIPELINE_FLAGS, *extra,
     ]  # fmt: skip
-    return servers.pipeline(flags, name=name, log_file=log_dir / f"{name}.log")
+    return servers.pipeline(*flags, name=name, log_file=log_dir / f"{name}.log")
 
 
 @dataclass

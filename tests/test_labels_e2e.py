@@ -75,7 +75,7 @@ def exporter(
         *extra,
     ]
     # fmt: on
-    return servers.exporter(flags, name=name, log_file=log_dir / f"{name}.log")
+    return servers.exporter(*flags, name=name, log_file=log_dir / f"{name}.log")
 
 
 def label_cli(name: str, log_dir: Path, *args: str) -> ChildProcess:

@@ -70,7 +70,7 @@ def pipeline_process(
         "--bootstrap", broker.bootstrap, "--judges", f"0={judge}", "--group-id", f"pipe-{unique}",
         "--transactional-id", f"tx-{unique}", *t.flags(), *extra,
     ]  # fmt: skip
-    return servers.pipeline(flags, log_file=log_dir / "pipeline.log")
+    return servers.pipeline(*flags, log_file=log_dir / "pipeline.log")
 
 
 def produce(

@@ -25,6 +25,10 @@ def script(code: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(code)]
 
 
+def gone(pid: int) -> None:
+    wait_until(lambda: not running(pid), timeout=10, what=f"process {pid} to be gone")
+
+
 def running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -119,7 +123,7 @@ def test_stop_takes_the_childs_own_children_along(tmp_path: Path) -> None:
     grandchild = int(child.start(timeout=30))
     assert running(grandchild)
     child.stop(grace=5)
-    wait_until(lambda: not running(grandchild), timeout=10, what="the grandchild to be gone")
+    gone(grandchild)
 
 
 def test_restart_comes_back_on_the_same_port_with_extra_arguments(tmp_path: Path) -> None:
@@ -190,6 +194,6 @@ def test_children_die_when_their_parent_is_killed(tmp_path: Path) -> None:
     )
     orphan = int(parent.start(timeout=60))
     assert running(orphan)
-    parent.signal(signal.SIGKILL)
+    parent.signal(signal.SIGKILL)  # nothing in the parent runs any more: the kernel must stop the child
     assert parent.wait(timeout=10) == -signal.SIGKILL
-    wait_until(lambda: not running(orphan), timeout=10, what="the child of the killed parent to die")
+    gone(orphan)

@@ -202,7 +202,7 @@ class Stack:
         pipeline_args += ["--cascade-config", str(cascade)]
         if opts.sampling_config:
             pipeline_args += ["--sampling-config", str(opts.sampling_config)]
-        pipeline = self._child(pipeline_process(pipeline_args))
+        pipeline = self._child(pipeline_process(*pipeline_args))
         pipeline.start()
         pipeline_metrics = pipeline.await_line(METRICS_READY)["address"]
         self.where["pipeline (Beam micro-batches)"] = (
@@ -211,16 +211,14 @@ class Stack:
 
         exporter = self._child(
             exporter_process(
-                [
-                    "--bootstrap",
-                    bootstrap,
-                    "--metrics-port",
-                    "0",
-                    "--state-file",
-                    str(opts.state_dir / "exporter" / "state.json"),
-                    "--cascade-config",
-                    str(cascade),
-                ]
+                "--bootstrap",
+                bootstrap,
+                "--metrics-port",
+                "0",
+                "--state-file",
+                str(opts.state_dir / "exporter" / "state.json"),
+                "--cascade-config",
+                str(cascade),
             )
         )
         exporter_address = exporter.start()
