@@ -95,33 +95,30 @@ class AlertmanagerServer(HttpServerProcess):
     repeat_interval_s: float = 4 * 3600.0
     binary: str | None = None  # None: the first of ALERTMANAGER_BINARIES on PATH
 
-    def start(self) -> AlertmanagerServer:
+    def _binary(self) -> str:
         binary = shutil.which(self.binary) if self.binary else find_binary()
         if binary is None:
             raise AlertmanagerError(
                 f"{self.binary or ' or '.join(ALERTMANAGER_BINARIES)} not found on PATH; install "
                 "Debian's prometheus-alertmanager package (apt-get install prometheus-alertmanager)"
             )
-        self._prepare()
-        config = self.data_dir / "alertmanager.yml"
-        config.write_text(
-            render_config(
-                webhook_url=self.webhook_url,
-                group_wait_s=self.group_wait_s,
-                group_interval_s=self.group_interval_s,
-                repeat_interval_s=self.repeat_interval_s,
-            )
+        return binary
+
+    def _config(self) -> str:
+        return render_config(
+            webhook_url=self.webhook_url,
+            group_wait_s=self.group_wait_s,
+            group_interval_s=self.group_interval_s,
+            repeat_interval_s=self.repeat_interval_s,
         )
-        cmd = [
-            binary,
-            f"--config.file={config}",
+
+    def _flags(self) -> list[str]:
+        return [
             f"--storage.path={self.data_dir / 'data'}",
             f"--web.listen-address={self.address}",
             f"--web.external-url={self.url}",
             "--cluster.listen-address=",
         ]
-        self._launch(cmd)
-        return self
 
     def alerts(self, **filters: str) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``: the alerts Alertmanager holds, each with ``labels`` and ``status``."""

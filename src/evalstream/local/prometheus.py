@@ -102,34 +102,31 @@ class PrometheusServer(HttpServerProcess):
     evaluation_interval_s: float = 1.0
     binary: str = "prometheus"
 
-    def start(self) -> PrometheusServer:
+    def _binary(self) -> str:
         binary = shutil.which(self.binary)
         if binary is None:
             raise PrometheusError(
                 f"{self.binary!r} not found on PATH; install Debian's prometheus package "
                 "(apt-get install prometheus), which also provides promtool"
             )
-        self._prepare()
-        config = self.data_dir / "prometheus.yml"
-        config.write_text(
-            render_config(
-                self.targets,
-                rules=[str(p.resolve()) for p in self.rules],
-                scrape_interval_s=self.scrape_interval_s,
-                evaluation_interval_s=self.evaluation_interval_s,
-                alertmanagers=self.alertmanagers,
-            )
+        return binary
+
+    def _config(self) -> str:
+        return render_config(
+            self.targets,
+            rules=[str(p.resolve()) for p in self.rules],
+            scrape_interval_s=self.scrape_interval_s,
+            evaluation_interval_s=self.evaluation_interval_s,
+            alertmanagers=self.alertmanagers,
         )
-        cmd = [
-            binary,
-            f"--config.file={config}",
+
+    def _flags(self) -> list[str]:
+        return [
             f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-            f"--web.listen-address={self.host}:{self.port}",
+            f"--web.listen-address={self.address}",
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
         ]
-        self._launch(cmd)
-        return self
 
     def api(self, path: str, **params: Any) -> Any:
         """GET ``/api/v1/<path>``; returns ``data``, or raises ``PrometheusError`` with the error."""

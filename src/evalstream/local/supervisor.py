@@ -411,8 +411,8 @@ class ChildProcess:
 @dataclass(kw_only=True)
 class HttpServerProcess(ABC):
     """Base of a server binary on a loopback port that says it is ready on ``GET /-/ready`` (Prometheus,
-    Alertmanager): its data folder, address, one ``ChildProcess``, and stop. A subclass writes its
-    config and builds its command in ``start``, then calls ``_launch``."""
+    Alertmanager): its data folder, address, config file, one ``ChildProcess``, and stop. A subclass
+    says where its binary is, what its config holds and which flags it takes."""
 
     #: The child's name; its log is ``<data_dir>/<name>.log``.
     name: ClassVar[str]
@@ -446,16 +446,29 @@ class HttpServerProcess(ABC):
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
-    def _prepare(self) -> None:
-        """Pick the port and make the data folder (before the subclass writes its config)."""
+    @abstractmethod
+    def _binary(self) -> str:
+        """The binary's path; raises ``error`` saying what to install when it is missing."""
+
+    @abstractmethod
+    def _config(self) -> str:
+        """The config file's text (written to ``<data_dir>/<name>.yml``)."""
+
+    @abstractmethod
+    def _flags(self) -> list[str]:
+        """Command-line flags besides ``--config.file``."""
+
+    def start(self) -> Self:
+        """Pick the port (once), write the config, start the binary, wait until it is ready."""
+        binary = self._binary()
         if self.port == 0:
             self.port = free_port(self.host)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-
-    def _launch(self, cmd: list[str]) -> None:
+        config = self.data_dir / f"{self.name}.yml"
+        config.write_text(self._config())
         self._child = ChildProcess(
             name=self.name,
-            cmd=cmd,
+            cmd=[binary, f"--config.file={config}", *self._flags()],
             log_file=self.log_file,
             append_log=True,
             ready=http_probe(f"{self.url}/-/ready"),
@@ -466,6 +479,7 @@ class HttpServerProcess(ABC):
             self._child.start(timeout=self.startup_timeout)
         except ChildStartError as exc:
             raise self.error(f"{self.name} did not become ready on {self.url}: {exc}") from exc
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds."""
@@ -480,7 +494,3 @@ class HttpServerProcess(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-    @abstractmethod
-    def start(self) -> Self:
-        """Write the config, build the command and ``_launch`` it; returns self."""
