@@ -39,6 +39,7 @@ from evalstream.evaluation.datasets import data_root, read_xstest
 from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available
 from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.pipeline.judge_client import JudgeClient, JudgeError, RetryPolicy
+from evalstream.runtime.ready import JUDGE_READY
 from evalstream.v1 import events_pb2, judge_pb2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,11 +87,10 @@ def run(
         name=f"judge-{code.name}",
         cmd=python_module("evalstream.judges.server", "--judge", "llm", "--port", "0"),
         log_file=log_dir / f"judge-{code.name}.log",
-        ready=r"evalstream-judge listening on (\S+)",
+        ready=JUDGE_READY,  # an older checkout's judge prints the same line
         env=env,
     )
-    match = judge.start(timeout=120)
-    assert match is not None
+    address = judge.start(timeout=120)
     outcome: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     items = sum(len(r.items) for r in reqs)
@@ -98,7 +98,7 @@ def run(
     try:
         for req in reqs:
             client = JudgeClient(
-                match.group(1),
+                address,
                 tier=2,
                 policy=RetryPolicy(deadline_s=deadline_s, attempt_timeout_s=deadline_s),
             )
@@ -159,11 +159,10 @@ def main() -> None:
     settings = dict(pair.split("=", 1) for pair in args.env)
     with tempfile.TemporaryDirectory(prefix="llm-interop-") as tmp:
         server = llama_server(Path(tmp))
-        match = server.start(timeout=300)
-        assert match is not None
+        base_url = server.start(timeout=300)
         try:
             runs = [
-                run(code.resolve(), match.group(1), reqs, Path(tmp), args.deadline_s, settings)
+                run(code.resolve(), base_url, reqs, Path(tmp), args.deadline_s, settings)
                 for code in args.judge_code or [REPO]
             ]
         finally:

@@ -26,7 +26,8 @@ import pytest
 
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available
-from evalstream.local.supervisor import ChildProcess, python_module
+from evalstream.local.servers import judge_server
+from evalstream.local.supervisor import ChildProcess
 from evalstream.pipeline.judge_client import JudgeClient, JudgeError, RetryPolicy
 from evalstream.runtime.procs import free_port, wait_until
 from evalstream.v1 import events_pb2, judge_pb2
@@ -34,7 +35,6 @@ from evalstream.v1 import events_pb2, judge_pb2
 # A completion takes 5-50 s on a shared 2-core machine: each test gets up to 25 minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-JUDGE_READY = r"evalstream-judge listening on (\S+)"
 DIMENSIONS = ("quality", "refusal")
 #: The judge's settings for a one-slot CPU server on a shared machine: generous time, short replies.
 LLM_ENV = {
@@ -71,21 +71,19 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChildProce
     if (missing := llama_server_available()) is not None:
         pytest.fail(missing)
     server = llama_server(tmp_path_factory.mktemp("llama"))
-    match = server.start(timeout=300)
-    assert match is not None
+    url = server.start(timeout=300)
     try:
-        yield server, match.group(1)
+        yield server, url
     finally:
         server.stop()
 
 
 def start_judge(log_dir: Path, base_url: str, **env: str) -> Judge:
     metrics_port = free_port()
-    process = ChildProcess(
+    process = judge_server(
+        "llm",
         name="llm-judge",
-        cmd=python_module("evalstream.judges.server", "--judge", "llm", "--port", "0"),
         log_file=log_dir / "llm-judge.log",
-        ready=JUDGE_READY,
         env={
             "EVALSTREAM_LLM_BASE_URL": f"{base_url}/v1",
             "EVALSTREAM_LLM_MODEL": SMOLLM2_ALIAS,
@@ -94,11 +92,8 @@ def start_judge(log_dir: Path, base_url: str, **env: str) -> Judge:
             **env,
         },
     )
-    match = process.start(timeout=120)
-    assert match is not None
-    return Judge(
-        process=process, address=match.group(1), metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"
-    )
+    address = process.start(timeout=120)
+    return Judge(process=process, address=address, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 @pytest.fixture
@@ -216,9 +211,7 @@ def test_a_killed_server_gives_per_item_errors_and_the_judge_recovers_when_it_is
         pytest.fail(missing)
     port = free_port()
     server = llama_server(tmp_path, name="llama-killed", port=port)
-    match = server.start(timeout=300)
-    assert match is not None
-    base_url = match.group(1)
+    base_url = server.start(timeout=300)
     judge = start_judge(tmp_path, base_url)  # a killed server refuses at once: no timeouts
 
     try:
@@ -233,7 +226,7 @@ def test_a_killed_server_gives_per_item_errors_and_the_judge_recovers_when_it_is
 
         restarted = llama_server(tmp_path, name="llama-restarted", port=port)
         try:
-            assert restarted.start(timeout=300) is not None
+            assert restarted.start(timeout=300) == base_url
 
             def judged_again() -> bool:
                 again = call(judge, req, deadline_s=600)

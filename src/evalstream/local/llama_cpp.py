@@ -16,13 +16,15 @@ from typing import Final
 
 from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.runtime.procs import free_port
+from evalstream.runtime.ready import ReadyLine
 
 __all__ = ["SMOLLM2_ALIAS", "llama_server", "llama_server_available", "smollm2_gguf"]
 
 #: The model name the server is started with (``--model_alias``); what the judge must ask for.
 SMOLLM2_ALIAS: Final = "smollm2-135m-instruct"
 _GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
-READY: Final = r"Uvicorn running on (http://\S+)"
+#: uvicorn's own start-up line: the server accepts connections at ``url``.
+READY: Final = ReadyLine("Uvicorn running on {url}")
 
 
 def smollm2_gguf() -> Path | None:
