@@ -80,3 +80,18 @@ def test_kept_data_of_another_cluster_is_refused_and_fresh_data_starts(tmp_path:
     fresh = EmbeddedBroker(data_dir=data, keep_data=False)
     with fresh:
         assert fresh.cluster_id != cluster
+
+
+def test_new_cluster_ids_never_start_with_a_dash() -> None:
+    """One in 64 random ids would, and StorageTool's command line then took it for an option (seen in
+    CI: 'argument --cluster-id/-t: expected one argument')."""
+    ids = [new_cluster_id() for _ in range(3000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids) and all(len(i) == 22 for i in ids)
+
+
+@pytest.mark.slow
+def test_a_given_cluster_id_that_starts_with_a_dash_formats_and_starts(tmp_path: Path) -> None:
+    cluster_id = "-rvbo6PeR6qc1nCNeZwYwQ"  # a valid id (16 bytes, URL-safe base64) led by "-"
+    with EmbeddedBroker(data_dir=tmp_path / "broker", cluster_id=cluster_id) as broker:
+        assert broker.cluster_id == cluster_id and broker.running

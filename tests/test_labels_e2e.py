@@ -110,7 +110,7 @@ def test_agreement_gauges_match_an_independent_join_of_verdicts_and_labels_read_
     t.create(broker.bootstrap)
     labels_topic = f"labels-{unique}"
     ensure_topics(KafkaSettings(bootstrap=broker.bootstrap), {labels_topic: 1})
-    url = start(children, exporter(broker, t, labels_topic, unique, tmp_path))
+    url = f"http://{start(children, exporter(broker, t, labels_topic, unique, tmp_path))}/metrics"
 
     # 1. Before any event: the adjudicated labels of the odd-numbered prompts, from a file (they wait).
     records = read_xstest(shared_data, models=[MODEL])
@@ -261,7 +261,7 @@ def test_drift_gauges_rise_when_the_model_behind_a_name_changes_and_stay_low_whe
     drift_flags = ("--drift-current", "600", "--drift-bucket", "60",
                    "--drift-reference-window", "3600", "--drift-reference-bucket", "600")  # fmt: skip
     first = exporter(broker, t, labels_topic, unique, tmp_path, *drift_flags)
-    url = start(children, first)
+    url = f"http://{start(children, first)}/metrics"
     by_model = {m: read_xstest(shared_data, models=[m]) for m in ("mistralinstruct", "llama2orig")}
     now = datetime.now(UTC).replace(second=30, microsecond=0)
     before = now - timedelta(minutes=30)
@@ -344,7 +344,7 @@ def test_drift_gauges_rise_when_the_model_behind_a_name_changes_and_stay_low_whe
     # A restart (SIGTERM: save, commit, exit 0) restores the windows and the gauges exactly.
     assert first.stop() == 0, first.output()[-2000:]
     again = exporter(broker, t, labels_topic, unique, tmp_path, *drift_flags, name="exporter-again")
-    url = start(children, again)
+    url = f"http://{start(children, again)}/metrics"
     assert "restored from the state file" in again.output()
     restored = scrape(url)
     assert {k: v for k, v in restored.items() if k[0].startswith("evalstream_drift_")} == {

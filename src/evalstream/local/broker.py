@@ -135,8 +135,13 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 
 def new_cluster_id() -> str:
-    """A random KRaft cluster id (a UUID in URL-safe base64 without padding, as Kafka makes them)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random KRaft cluster id (a UUID in URL-safe base64 without padding, as Kafka makes them).
+    Like Kafka's ``Uuid.randomUuid``, never one that starts with "-", which a command line would take
+    for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(kw_only=True)
@@ -255,8 +260,7 @@ class EmbeddedBroker:
         cmd = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            self.cluster_id,
+            f"--cluster-id={self.cluster_id}",  # one word: an id may start with "-" (a given one)
             "--config",
             str(config),
             heap=("-Xmx256m", "-XX:TieredStopAtLevel=1"),
