@@ -35,7 +35,7 @@ from evalstream.evaluation.datasets import read_xstest
 from evalstream.kafka.admin import ensure_topics
 from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
-from evalstream.pipeline.run import MicroBatchRunner
+from evalstream.pipeline.microbatch import MicroBatchRunner
 from evalstream.pipeline.settings import PipelineSettings
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.replay import build_event

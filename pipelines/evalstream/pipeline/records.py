@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evalstream.v1 import events_pb2, verdict_pb2
+from evalstream.wire import topics
 
 __all__ = ["DeadReason", "Decoded", "KafkaRecord", "SampledEvent", "Stage", "dead_letter", "timestamp"]
 
@@ -55,6 +57,25 @@ class KafkaRecord:
     value: bytes
     content_type: str  # from the content-type header; JSON when absent
     timestamp_ms: int = 0
+
+    @classmethod
+    def from_message(cls, message: Any) -> KafkaRecord:
+        """From a consumed message: kafka-python's ``ConsumerRecord`` or Beam's ``ReadFromKafka``
+        record with metadata (both have topic, partition, offset, key, value, headers, timestamp)."""
+        content_type = topics.CONTENT_TYPE_JSON
+        for name, value in message.headers or ():
+            if name.lower() == topics.CONTENT_TYPE_HEADER:
+                content_type = value.decode("utf-8", "replace").split(";")[0].strip().lower()
+                break
+        return cls(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value or b"",
+            content_type=content_type,
+            timestamp_ms=message.timestamp or 0,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
