@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -29,6 +28,7 @@ from evalstream.pipeline.metrics import PipelineMetrics
 from evalstream.pipeline.microbatch import MicroBatchRunner, RunStats
 from evalstream.pipeline.records import KafkaRecord
 from evalstream.pipeline.settings import PipelineSettings
+from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags
 from evalstream.runtime.ready import METRICS_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tracing import endpoint_from_env, setup_tracing
@@ -75,49 +75,6 @@ def build_streaming(pipeline: beam.Pipeline, settings: PipelineSettings, kafka: 
         )
 
 
-def _arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evalstream pipeline", description="Run the evalstream pipeline.")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (env EVALSTREAM_KAFKA_BOOTSTRAP)")
-    p.add_argument("--judges", help="judge targets per tier, e.g. 0=127.0.0.1:50051,1=127.0.0.1:50052")
-    p.add_argument("--input-topic")
-    p.add_argument("--verdicts-topic")
-    p.add_argument("--summaries-topic")
-    p.add_argument("--deadletter-topic")
-    p.add_argument("--audit-topic")
-    p.add_argument("--group-id")
-    p.add_argument("--transactional-id")
-    p.add_argument("--group-instance-id", help="static group member id (default: the transactional id)")
-    p.add_argument("--cascade-config", type=Path)
-    p.add_argument("--sampling-config", type=Path)
-    p.add_argument("--max-batch-records", type=int)
-    p.add_argument("--max-batch-wait-s", type=float)
-    p.add_argument("--judge-deadline-s", type=float, help="one overall deadline per judge call (default 10)")
-    p.add_argument(
-        "--judge-tier-deadline",
-        dest="judge_tier_deadlines_s",
-        type=_tier_seconds,
-        action="append",
-        metavar="TIER=SECONDS",
-        help="a tier's own deadline, repeatable (default 2=120: the LLM tier); replaces the default",
-    )
-    p.add_argument("--judge-breaker-failures", type=int, help="failed attempts that open a tier's circuit")
-    p.add_argument("--judge-breaker-open-s", type=float, help="seconds a tier's circuit stays open")
-    p.add_argument("--max-event-bytes", type=int)
-    p.add_argument(
-        "--embedding-probe-fraction",
-        type=float,
-        help="share of sampled events also sent to tier 1 for embedding statistics (0: off; default 0.1)",
-    )
-    p.add_argument("--exit-when-idle-s", type=float, help="exit after this long with no new events")
-    p.add_argument(
-        "--metrics-port", type=int, help="serve the process's health on /metrics (0: any free port)"
-    )
-    p.add_argument("--metrics-host", help="address /metrics binds (default 127.0.0.1)")
-    p.add_argument("--no-transactions", action="store_true", help="at-least-once instead of transactions")
-    p.add_argument("--runner", default="local", help="local (micro-batches) or a Beam streaming runner")
-    return p
-
-
 def _tier_seconds(text: str) -> tuple[int, float]:
     tier, sep, seconds = text.partition("=")
     try:
@@ -128,20 +85,40 @@ def _tier_seconds(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"expected TIER=SECONDS, e.g. 2=120; got {text!r}") from None
 
 
+#: Pipeline flags whose name or form differs from ``--field-name``.
+_FLAGS = {
+    "judge_tier_deadlines_s": Flag(
+        name="--judge-tier-deadline",
+        parse=_tier_seconds,
+        collect=dict,
+        metavar="TIER=SECONDS",
+        help="a tier's own deadline, repeatable; replaces the default",
+    ),
+    "transactional": Flag(
+        name="--no-transactions", switch_off=True, help="at-least-once instead of transactions"
+    ),
+}
+
+
+def _flags() -> tuple[argparse.ArgumentParser, SettingsFlags, SettingsFlags]:
+    """``PipelineSettings`` fields as flags (``runtime/flags.py``), ``--bootstrap`` and ``--runner``."""
+    p = argparse.ArgumentParser(prog="evalstream pipeline", description="Run the evalstream pipeline.")
+    p.add_argument("--runner", default="local", help="local (micro-batches) or a Beam streaming runner")
+    kafka = add_settings_flags(p, KafkaSettings, only=("bootstrap",))
+    pipeline = add_settings_flags(p, PipelineSettings, flags=_FLAGS)
+    return p, pipeline, kafka
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    return _flags()[0]
+
+
 def run(argv: Sequence[str] | None = None) -> RunStats | None:
     """Parse flags (over env, over defaults) and run until SIGTERM/SIGINT or idle exit."""
-    args, beam_args = _arg_parser().parse_known_args(argv)
-    explicit = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and k not in ("bootstrap", "no_transactions", "runner")
-    }
-    if args.no_transactions:
-        explicit["transactional"] = False
-    if args.judge_tier_deadlines_s:
-        explicit["judge_tier_deadlines_s"] = dict(args.judge_tier_deadlines_s)
-    settings = PipelineSettings(**explicit)
-    kafka = KafkaSettings(**({"bootstrap": args.bootstrap} if args.bootstrap else {}))
+    parser, pipeline_flags, kafka_flags = _flags()
+    args, beam_args = parser.parse_known_args(argv)
+    settings = PipelineSettings(**pipeline_flags.explicit(args))
+    kafka = KafkaSettings(**kafka_flags.explicit(args))
     setup_tracing("evalstream-pipeline", endpoint_from_env())
     if args.runner != "local":
         options = PipelineOptions([f"--runner={args.runner}", "--streaming", *beam_args])

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
@@ -40,6 +39,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
+from evalstream.runtime.flags import Flag, add_settings_flags, pairs
 from evalstream.runtime.ready import EXPORTER_READY
 from evalstream.runtime.settings import KafkaSettings
 
@@ -310,71 +310,51 @@ class Exporter:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def _pairs(values: Sequence[str] | None, what: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in values or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise ValueError(f"{what} expects NAME=VALUE (e.g. model=gpt-4o), got {item!r}")
-        pairs.append((name.strip(), value.strip()))
-    return pairs
+def _grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return grouped
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[dict[str, Any], str | None]:
+#: Exporter flags whose name or form differs from ``--field-name``.
+_FLAGS = {
+    "flush_interval_s": Flag(name="--flush-interval"),
+    "lag_interval_s": Flag(name="--lag-interval"),
+    "agreement_truth_annotator": Flag(name="--truth-annotator"),
+    "agreement_ttl_s": Flag(name="--agreement-ttl"),
+    "drift_current_s": Flag(name="--drift-current"),
+    "drift_bucket_s": Flag(name="--drift-bucket"),
+    "drift_reference_s": Flag(name="--drift-reference-window"),
+    "drift_reference_bucket_s": Flag(name="--drift-reference-bucket"),
+    "label_caps": Flag(
+        name="--label-cap",
+        parse=pairs("--label-cap"),
+        collect=lambda given: {name: int(n) for name, n in given},
+        metavar="NAME=N",
+        help="most values of a label name, repeatable",
+    ),
+    "label_allow": Flag(
+        name="--allow-label",
+        parse=pairs("--allow-label"),
+        collect=_grouped,
+        metavar="NAME=VALUE",
+        help="keep only the listed values of a label name, repeatable",
+    ),
+}
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[ExporterSettings, KafkaSettings]:
+    """``ExporterSettings`` fields and ``--bootstrap`` as flags (``runtime/flags.py``)."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.exporter",
         description="Turn verdicts and summaries into Prometheus metrics. Unset options come from "
         "EVALSTREAM_EXPORTER_* (and EVALSTREAM_KAFKA_*) or defaults.",
     )
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: EVALSTREAM_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--verdicts-topic")
-    parser.add_argument("--summaries-topic")
-    parser.add_argument("--group-id", help="consumer group; one exporter per group")
-    parser.add_argument("--instance-id", help="static group membership id (default exporter-0)")
-    parser.add_argument("--state-file", help="totals + offsets, saved together")
-    parser.add_argument("--metrics-host", help="address of /metrics (default 127.0.0.1)")
-    parser.add_argument(
-        "--metrics-port", type=int, help="port of /metrics; 0 picks a free one (default 9464)"
-    )
-    parser.add_argument("--flush-interval", dest="flush_interval_s", type=float, help="seconds between saves")
-    parser.add_argument("--max-poll-records", type=int)
-    parser.add_argument(
-        "--lag-interval", dest="lag_interval_s", type=float, help="seconds between lag probes"
-    )
-    parser.add_argument("--pipeline-group", help="the pipeline's consumer group ('' to skip its lag)")
-    parser.add_argument("--events-topic", help="the pipeline's input topic")
-    parser.add_argument("--labels-topic", help="human labels for judge agreement ('' to skip)")
-    parser.add_argument("--truth-annotator", dest="agreement_truth_annotator", help="whose labels count")
-    parser.add_argument("--agreement-ttl", dest="agreement_ttl_s", type=float, help="seconds a side waits")
-    parser.add_argument(
-        "--cascade-config", type=Path, help="the pipeline's cascade config, for the guarantee monitor"
-    )
-    parser.add_argument("--drift-reference", choices=["trailing", "pinned"], help="drift reference window")
-    parser.add_argument("--drift-current", dest="drift_current_s", type=int, help="current window, seconds")
-    parser.add_argument("--drift-bucket", dest="drift_bucket_s", type=int, help="its buckets, seconds")
-    parser.add_argument(
-        "--drift-reference-window", dest="drift_reference_s", type=int, help="reference length, seconds"
-    )
-    parser.add_argument(
-        "--drift-reference-bucket", dest="drift_reference_bucket_s", type=int, help="its buckets, seconds"
-    )
-    parser.add_argument("--label-cap", action="append", metavar="NAME=N", help="most values of a label name")
-    parser.add_argument(
-        "--allow-label", action="append", metavar="NAME=VALUE", help="keep only listed values"
-    )
-    args = vars(parser.parse_args(argv))
-    bootstrap = args.pop("bootstrap")
-    caps = _pairs(args.pop("label_cap"), "--label-cap")
-    allow = _pairs(args.pop("allow_label"), "--allow-label")
-    explicit = {k: v for k, v in args.items() if v is not None}
-    if caps:
-        explicit["label_caps"] = {name: int(n) for name, n in caps}
-    if allow:
-        grouped: dict[str, list[str]] = {}
-        for name, value in allow:
-            grouped.setdefault(name, []).append(value)
-        explicit["label_allow"] = grouped
-    return explicit, bootstrap
+    kafka = add_settings_flags(parser, KafkaSettings, only=("bootstrap",))
+    exporter = add_settings_flags(parser, ExporterSettings, flags=_FLAGS)
+    args = parser.parse_args(argv)
+    return ExporterSettings(**exporter.explicit(args)), KafkaSettings(**kafka.explicit(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,9 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        explicit, bootstrap = _parse(argv)
-        settings = ExporterSettings(**explicit)
-        kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else KafkaSettings()
+        settings, kafka = _parse(argv)
         registry = CollectorRegistry()
         exporter = Exporter(settings, kafka, registry)
         plan = exporter.open()

@@ -1,52 +1,9 @@
 """Settings of the exporter process. Read once in ``main()``, passed down.
 
-Each setting is an explicit argument (the command line) first, then an environment variable, then
-the default. Kafka itself is reached through ``evalstream.runtime.settings.KafkaSettings``
-(``EVALSTREAM_KAFKA_*``). Environment names are ``EVALSTREAM_EXPORTER_<FIELD>``:
-
-=======================================  ==========================================================
-``EVALSTREAM_EXPORTER_VERDICTS_TOPIC``   topic of Verdicts (default ``evalstream.verdicts``)
-``EVALSTREAM_EXPORTER_SUMMARIES_TOPIC``  topic of Summary partials (default ``evalstream.summaries``)
-``EVALSTREAM_EXPORTER_GROUP_ID``         consumer group (default ``evalstream-exporter``); run one
-                                         exporter per group
-``EVALSTREAM_EXPORTER_INSTANCE_ID``     static group membership id (default ``exporter-0``)
-``EVALSTREAM_EXPORTER_STATE_FILE``       totals + offsets, saved together (default
-                                         ``.evalstream/exporter/state.json``)
-``EVALSTREAM_EXPORTER_METRICS_HOST``     address of ``/metrics`` (default ``127.0.0.1``)
-``EVALSTREAM_EXPORTER_METRICS_PORT``     port of ``/metrics``; 0 picks a free one (default 9464)
-``EVALSTREAM_EXPORTER_FLUSH_INTERVAL_S`` seconds between saves; scrapes see applied records after
-                                         the save (default 1.0)
-``EVALSTREAM_EXPORTER_MAX_POLL_RECORDS`` most records per poll (default 2000)
-``EVALSTREAM_EXPORTER_LAG_INTERVAL_S``   seconds between consumer-lag probes (default 5.0)
-``EVALSTREAM_EXPORTER_PIPELINE_GROUP``   the pipeline's consumer group, to report its input lag
-                                         (default ``evalstream-pipeline``; empty: don't)
-``EVALSTREAM_EXPORTER_EVENTS_TOPIC``     the pipeline's input topic (default ``llm.events``)
-``EVALSTREAM_EXPORTER_LABEL_CAPS``       JSON object, label name -> most distinct values, e.g.
-                                         ``{"model": 50}`` (others keep their defaults)
-``EVALSTREAM_EXPORTER_LABEL_ALLOW``      JSON object, label name -> the only values kept, e.g.
-                                         ``{"route": ["chat", "search"]}``
-``EVALSTREAM_EXPORTER_LABELS_TOPIC``     topic of human labels (default ``evalstream.labels``;
-                                         empty: no judge agreement)
-``EVALSTREAM_EXPORTER_DRIFT_REFERENCE``  ``trailing`` (the window before the current one) or
-                                         ``pinned`` (a baseline kept once); default trailing
-``EVALSTREAM_EXPORTER_DRIFT_CURRENT_S``  current drift window, seconds (default 3600)
-``EVALSTREAM_EXPORTER_DRIFT_BUCKET_S``   its bucket size, a multiple of 60 (default 600)
-``EVALSTREAM_EXPORTER_DRIFT_REFERENCE_S`` length of the reference, seconds (default 86400)
-``EVALSTREAM_EXPORTER_DRIFT_REFERENCE_BUCKET_S`` bucket size of a trailing reference (default 3600)
-``EVALSTREAM_EXPORTER_DRIFT_BASELINE_START`` pinned: unix seconds where the baseline starts
-                                         (default: each model and route's first minute)
-``EVALSTREAM_EXPORTER_DRIFT_BINS``       PSI and chi-square bins (reference quantiles; default 10)
-``EVALSTREAM_EXPORTER_DRIFT_MIN_SAMPLES`` fewest items in each window before drift is reported (50)
-``EVALSTREAM_EXPORTER_AGREEMENT_TRUTH_ANNOTATOR`` whose labels judges are scored against
-                                         (default ``adjudicated``)
-``EVALSTREAM_EXPORTER_AGREEMENT_TTL_S``  how long a verdict or label waits for the other (86400)
-``EVALSTREAM_EXPORTER_AGREEMENT_MAX_PENDING`` most waiting verdicts, and labels (20000 each)
-``EVALSTREAM_EXPORTER_AGREEMENT_WINDOW`` pairs the accuracy and kappa gauges are computed on (500)
-``EVALSTREAM_EXPORTER_AGREEMENT_RESAMPLES`` bootstrap resamples of the kappa interval (1000)
-``EVALSTREAM_EXPORTER_CASCADE_CONFIG``   the cascade config the pipeline runs (YAML): its alpha, delta
-                                         and calibrated agreements are what the guarantee monitor
-                                         tests (``guarantee.py``); unset: no guarantee series
-=======================================  ==========================================================
+Each setting is an explicit argument (the command line) first, then an environment variable
+(``EVALSTREAM_EXPORTER_<FIELD>``), then the default. Kafka itself is reached through
+``evalstream.runtime.settings.KafkaSettings`` (``EVALSTREAM_KAFKA_*``). Each field's docstring is its
+description: the flag's help (``server.py``) and docs/configuration.md, which lists every variable.
 """
 
 from __future__ import annotations
@@ -54,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Final
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.wire import topics
@@ -74,41 +31,73 @@ ENV_PREFIX: Final = "EVALSTREAM_EXPORTER_"
 class ExporterSettings(BaseSettings):
     """What the exporter reads, where it keeps its state, where it serves, and its label budget."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
     verdicts_topic: Annotated[str, Field(min_length=1)] = topics.VERDICTS
+    """Topic of Verdicts."""
     summaries_topic: Annotated[str, Field(min_length=1)] = topics.SUMMARIES
+    """Topic of Summary partials."""
     group_id: Annotated[str, Field(min_length=1)] = "evalstream-exporter"
-    #: Static membership (KIP-345): a restart with the same id takes the partitions back at once.
+    """Consumer group; run one exporter per group."""
     instance_id: Annotated[str, Field(min_length=1)] = "exporter-0"
+    """Static group membership id (KIP-345): a restart with the same id takes the partitions back at
+    once."""
     state_file: Path = Path(".evalstream/exporter/state.json")
+    """Totals and offsets, saved together."""
     metrics_host: str = "127.0.0.1"
+    """Address of ``/metrics``."""
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    """Port of ``/metrics``; 0 picks a free one."""
     flush_interval_s: Annotated[float, Field(ge=0.0)] = 1.0
+    """Seconds between saves; scrapes see applied records after the save."""
     max_poll_records: Annotated[int, Field(ge=1)] = 2000
+    """Most records per poll."""
     lag_interval_s: Annotated[float, Field(gt=0.0)] = 5.0
-    #: The pipeline's consumer group; its lag on ``events_topic`` is exported. Empty: not probed.
+    """Seconds between consumer-lag probes."""
     pipeline_group: str = "evalstream-pipeline"
+    """The pipeline's consumer group; its lag on ``events_topic`` is exported. Empty: not probed."""
     events_topic: str = topics.EVENTS
+    """The pipeline's input topic."""
     label_caps: dict[LabelName, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    """Label name -> most distinct values, e.g. ``{"model": 50}`` (JSON; others keep their defaults)."""
     label_allow: dict[LabelName, list[str]] = Field(default_factory=dict)
-    #: Human labels for judge agreement; empty: not read.
+    """Label name -> the only values kept, e.g. ``{"route": ["chat", "search"]}`` (JSON)."""
     labels_topic: str = topics.LABELS
+    """Topic of human labels for judge agreement; empty: not read."""
     drift_reference: Reference = Reference.TRAILING
+    """``trailing`` (the window before the current one) or ``pinned`` (a baseline kept once)."""
     drift_current_s: int = 3600
+    """Current drift window, seconds."""
     drift_bucket_s: int = 600
+    """Bucket size of the current window, seconds (a multiple of 60)."""
     drift_reference_s: int = 86400
+    """Length of the drift reference, seconds."""
     drift_reference_bucket_s: int = 3600
+    """Bucket size of a trailing reference, seconds."""
     drift_baseline_start: int | None = None
+    """Pinned reference: unix seconds where the baseline starts; unset: each model and route's first
+    minute."""
     drift_bins: int = 10
+    """PSI and chi-square bins (reference quantiles)."""
     drift_min_samples: int = 50
+    """Fewest items in each window before drift is reported."""
     agreement_truth_annotator: Annotated[str, Field(min_length=1)] = "adjudicated"
+    """Whose labels the judges are scored against."""
     agreement_ttl_s: float = 86400.0
+    """Seconds a verdict or a label waits for the other."""
     agreement_max_pending: int = 20_000
+    """Most waiting verdicts, and labels (each)."""
     agreement_window: int = 500
+    """Pairs the accuracy and kappa gauges are computed on."""
     agreement_resamples: int = 1000
-    #: The cascade config the pipeline runs; the guarantee monitor tests its promises. None: off.
+    """Bootstrap resamples of the kappa interval."""
     cascade_config: Path | None = None
+    """The cascade config the pipeline runs (YAML): its alpha, delta and calibrated agreements are what
+    the guarantee monitor tests (``guarantee.py``); unset: no guarantee series."""
+
+    _guarantee: GuaranteeTarget | None = PrivateAttr(default=None)
 
     @field_validator("label_caps", "label_allow", mode="before")
     @classmethod
@@ -124,7 +113,8 @@ class ExporterSettings(BaseSettings):
     def _windows(self) -> ExporterSettings:
         self.drift_config()  # ValueError (a validation error) naming what does not fit
         self.agreement_config()
-        self.guarantee()  # the cascade config must load, or the exporter does not start
+        # The cascade config must load, or the exporter does not start; loaded once, here.
+        self._guarantee = self._load_guarantee()
         return self
 
     def drift_config(self) -> DriftConfig:
@@ -149,7 +139,11 @@ class ExporterSettings(BaseSettings):
         )
 
     def guarantee(self) -> GuaranteeTarget | None:
-        """What the cascade config promises; ValueError naming the file when it cannot be read."""
+        """What the cascade config promises (read when the settings were built)."""
+        return self._guarantee
+
+    def _load_guarantee(self) -> GuaranteeTarget | None:
+        """ValueError naming the file when it cannot be read."""
         if self.cascade_config is None:
             return None
         return GuaranteeTarget.from_config(CascadeConfig.load(self.cascade_config))

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import pickle
 import threading
 from collections.abc import Mapping, Sequence
@@ -69,10 +68,11 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tokenizers import Tokenizer
 
+from evalstream.runtime.settings import env_name
 from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 
 from .base import ItemOutcome, JudgeInput, JudgeOutput
-from .settings import JudgeServerSettings
+from .settings import EncoderSettings, JudgeServerSettings
 
 __all__ = [
     "ARTEFACT_SCHEMA",
@@ -113,8 +113,8 @@ __all__ = [
     "sha256_file",
 ]
 
-#: Directory of a trained encoder-judge artefact (``metadata.json`` and one classifier per dimension).
-ENCODER_MODEL_DIR_ENV: Final = "EVALSTREAM_ENCODER_MODEL_DIR"
+#: The environment variable of ``EncoderSettings.model_dir``: a trained artefact's directory.
+ENCODER_MODEL_DIR_ENV: Final = env_name(EncoderSettings, "model_dir")
 TRAIN_COMMAND: Final = "python -m evalstream.judges.encoder_train --out DIR"
 #: 3: the encoder (ONNX file and tokenizer) is part of the artefact; 2 added the embedding profile.
 ARTEFACT_SCHEMA: Final = 3
@@ -465,8 +465,8 @@ def resolve_model_dir(explicit: Path | None = None) -> Path:
     """The explicit directory, then ``EVALSTREAM_ENCODER_MODEL_DIR``; no default (it is trained)."""
     if explicit is not None:
         return explicit
-    if env := os.environ.get(ENCODER_MODEL_DIR_ENV):
-        return Path(env)
+    if (configured := EncoderSettings().model_dir) is not None:
+        return configured
     raise EncoderArtefactError(
         f"no encoder judge artefact given: pass its directory or set {ENCODER_MODEL_DIR_ENV}; "
         f"make one with `{TRAIN_COMMAND}`"

@@ -38,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
+from evalstream.runtime.flags import Flag, add_settings_flags
 from evalstream.runtime.ready import JUDGE_READY, METRICS_READY
 from evalstream.v1 import judge_pb2, judge_pb2_grpc, verdict_pb2
 
@@ -455,19 +456,15 @@ def create_server(
 
 
 def _parse(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The ``JudgeServerSettings`` fields given as flags (``runtime/flags.py``)."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.judges.server",
         description="Serve one judge tier over gRPC. Unset options come from EVALSTREAM_JUDGE_* or defaults.",
     )
-    parser.add_argument("--judge", dest="name", help="registry name (rules, ...) or package.module:factory")
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    parser.add_argument("--max-batch", type=int, help="most items per request (default 1000)")
-    parser.add_argument("--max-concurrent", type=int, help="most requests judged at once (default 8)")
-    parser.add_argument("--grace", dest="grace_s", type=float, help="seconds in-flight calls get on SIGTERM")
-    args = parser.parse_args(argv)
-    return {key: value for key, value in vars(args).items() if value is not None}
+    flags = add_settings_flags(
+        parser, JudgeServerSettings, flags={"name": Flag(name="--judge"), "grace_s": Flag(name="--grace")}
+    )
+    return flags.explicit(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.evaluation.datasets import data_root
+from evalstream.runtime.flags import add_settings_flags
 from evalstream.runtime.ready import LLM_REPLAY_READY
 
 from .faults import FAULT_HEADER, FaultKind, FaultPlan, parse_faults
@@ -55,35 +56,44 @@ _MAX_BODY: Final = 32 * 1024 * 1024
 class ReplaySettings(BaseSettings):
     """Replay server settings: explicit argument, then ``EVALSTREAM_LLM_REPLAY_<FIELD>``, then default."""
 
-    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_LLM_REPLAY_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EVALSTREAM_LLM_REPLAY_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
     host: str = "127.0.0.1"
-    #: 0 binds a free port; the listening line says which.
+    """Address to bind."""
     port: int = Field(default=8089, ge=0, le=65535)
-    #: Folder of the shared data (default: ``evalstream.evaluation.datasets.data_root()``).
+    """Port; 0 binds a free one and the listening line says which."""
     data_dir: Path | None = None
-    #: Comma-separated data sets to load.
+    """Folder of the shared data; unset: as ``EVALSTREAM_DATA_DIR`` (``evaluation/datasets.py``)."""
     datasets: str = ",".join(DATASETS)
-    #: Simulated model time per request, plus uniform jitter up to ``latency_jitter_ms``.
+    """Comma-separated data sets to load."""
     latency_ms: float = Field(default=0.0, ge=0)
+    """Simulated model time per request, plus uniform jitter up to ``latency_jitter_ms``."""
     latency_jitter_ms: float = Field(default=0.0, ge=0)
-    #: Fault spec applied to every request without an ``x-evalstream-fault`` header (see ``faults``).
+    """Uniform jitter added to ``latency_ms``, up to this many milliseconds."""
     faults: str = ""
+    """Fault spec applied to every request without an ``x-evalstream-fault`` header (see ``faults``)."""
     fault_seed: int = 0
-    #: How long ``hang`` holds a request before closing it, and how long ``slow`` delays a reply.
+    """Seed of the random faults (``429~0.1``)."""
     hang_s: float = Field(default=60.0, ge=0)
+    """How long ``hang`` holds a request before closing it."""
     slow_s: float = Field(default=1.0, ge=0)
-    #: ``retry-after`` seconds sent with 429.
+    """How long ``slow`` delays a reply."""
     retry_after_s: float = Field(default=0.05, ge=0)
-    #: Comma-separated ``response_format`` types the server takes (empty: every type). Others are
-    #: answered as llama-cpp-python 0.3.36 answers ``json_schema``: HTTP 500 naming ``response_format``.
+    """``retry-after`` seconds sent with 429."""
     formats: str = ""
+    """Comma-separated ``response_format`` types the server takes (empty: every type). Others are
+    answered as llama-cpp-python 0.3.36 answers ``json_schema``: HTTP 500 naming ``response_format``."""
     fallback: Fallback = Fallback.ERROR
+    """What to answer for an item with no recorded verdict: ``error`` (404), ``content``
+    (``fallback_content``) or ``obey`` (a gullible judge)."""
     fallback_content: str = ""
-    #: When set, requests need ``Authorization: Bearer <key>``.
+    """The assistant message for ``fallback=content``."""
     api_key: SecretStr | None = None
-    #: Seconds to let in-flight requests finish after SIGTERM.
+    """When set, requests need ``Authorization: Bearer <key>``."""
     grace_s: float = Field(default=5.0, ge=0)
+    """Seconds to let in-flight requests finish after SIGTERM."""
 
 
 class _Stats:
@@ -333,35 +343,20 @@ def create_server(settings: ReplaySettings, store: ReplayStore | None = None) ->
 
 
 def _parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
+    """``ReplaySettings`` fields as flags (``runtime/flags.py``), ``--api-key-file`` and ``--log-level``."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.llm_replay",
         description="OpenAI-compatible server replaying real recorded judge verdicts from the shared data.",
     )
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--datasets", help=f"comma-separated, of {', '.join(DATASETS)}")
-    parser.add_argument("--latency-ms", type=float)
-    parser.add_argument("--latency-jitter-ms", type=float)
-    parser.add_argument("--faults", help="fault spec, e.g. '503:2' or '429~0.1' (see faults.py)")
-    parser.add_argument("--fault-seed", type=int)
-    parser.add_argument("--hang-s", type=float)
-    parser.add_argument("--slow-s", type=float)
-    parser.add_argument("--retry-after-s", type=float)
-    parser.add_argument("--formats", help="response_format types taken, e.g. 'json_object' (default: all)")
-    parser.add_argument("--fallback", choices=[f.value for f in Fallback])
-    parser.add_argument("--fallback-content")
+    flags = add_settings_flags(parser, ReplaySettings, skip=("api_key",))
     parser.add_argument("--api-key-file", type=Path, help="require this key (file holds the key)")
-    parser.add_argument("--grace-s", type=float)
     parser.add_argument("--log-level", default="WARNING")
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(
-        level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    key_file = args.pop("api_key_file")
-    if key_file is not None:
-        args["api_key"] = SecretStr(key_file.read_text(encoding="utf-8").strip())
-    return {k: v for k, v in args.items() if v is not None}
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    explicit = flags.explicit(args)
+    if args.api_key_file is not None:
+        explicit["api_key"] = SecretStr(args.api_key_file.read_text(encoding="utf-8").strip())
+    return explicit
 
 
 def main(argv: Sequence[str] | None = None) -> int:

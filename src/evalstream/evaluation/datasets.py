@@ -8,7 +8,6 @@ attribution in anything derived from it.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -16,7 +15,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from evalstream.runtime.paths import REPO_ROOT
+from evalstream.runtime.settings import env_name
 from evalstream.wire.dimensions import RefusalLabel
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "XSTEST_MODELS",
     "DataFormatError",
     "DataNotFoundError",
+    "DataSettings",
     "XSTestModel",
     "XSTestPrompt",
     "XSTestRecord",
@@ -34,8 +37,21 @@ __all__ = [
     "read_xstest_prompts",
 ]
 
-#: Overrides where the shared data is read from (default: ``../shared/data`` beside the repository).
-DATA_DIR_ENV: Final = "EVALSTREAM_DATA_DIR"
+
+class DataSettings(BaseSettings):
+    """Where the shared labelled data is read from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVALSTREAM_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    data_dir: Path | None = None
+    """Folder of the shared labelled data (xstest_v2_refusal/, ...); unset: ``../shared/data`` beside
+    the repository."""
+
+
+#: The environment variable of ``DataSettings.data_dir``.
+DATA_DIR_ENV: Final = env_name(DataSettings, "data_dir")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -45,8 +61,8 @@ class DataNotFoundError(FileNotFoundError):
 def data_root(explicit: Path | None = None) -> Path:
     """Explicit argument, then ``EVALSTREAM_DATA_DIR``, then ``../shared/data`` beside the repo."""
     candidates = [explicit] if explicit else []
-    if env := os.environ.get(DATA_DIR_ENV):
-        candidates.append(Path(env))
+    if (configured := DataSettings().data_dir) is not None:
+        candidates.append(configured)
     candidates.append(REPO_ROOT.parent / "shared" / "data")
     for path in candidates:
         if path is not None and path.is_dir():

@@ -30,11 +30,21 @@ from types import TracebackType
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.local.supervisor import ChildProcess
 from evalstream.runtime.procs import free_port, port_open, wait_until
+from evalstream.runtime.settings import env_name
 
-__all__ = ["KAFKA_VERSION", "MIN_JAVA", "BrokerError", "EmbeddedBroker", "java_command", "kafka_libs"]
+__all__ = [
+    "KAFKA_VERSION",
+    "MIN_JAVA",
+    "BrokerError",
+    "EmbeddedBroker",
+    "EmbeddedBrokerSettings",
+    "java_command",
+    "kafka_libs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +87,27 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be started; the message says why and what to do."""
 
 
+class EmbeddedBrokerSettings(BaseSettings):
+    """Where the embedded broker's jars are (the broker ``evalstream up`` and the tests start)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVALSTREAM_KAFKA_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    libs: Path | None = None
+    """Folder of the embedded broker's jars; unset: ``$XDG_CACHE_HOME/evalstream/kafka/<version>``
+    (``~/.cache``), where ``.ci/install`` puts them."""
+
+
 def kafka_libs() -> Path:
     """The folder of the broker's jars, as ``.ci/install`` left it."""
-    override = os.environ.get("EVALSTREAM_KAFKA_LIBS")
     cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    libs = Path(override) if override else cache_home / "evalstream" / "kafka" / KAFKA_VERSION
+    libs = EmbeddedBrokerSettings().libs or cache_home / "evalstream" / "kafka" / KAFKA_VERSION
     if not (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
         raise BrokerError(
             f"Apache Kafka {KAFKA_VERSION} is not installed in {libs} (no kafka_2.13-{KAFKA_VERSION}.jar): "
             "run `bash .ci/install` (it fetches the broker with Maven, deploy/kafka/pom.xml), or set "
-            "EVALSTREAM_KAFKA_LIBS to a folder of its jars"
+            f"{env_name(EmbeddedBrokerSettings, 'libs')} to a folder of its jars"
         )
     return libs
 

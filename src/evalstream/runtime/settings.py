@@ -11,25 +11,37 @@ from typing import Any, Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KafkaSettings"]
+__all__ = ["KafkaSettings", "env_name"]
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` of ``cls`` (``EVALSTREAM_KAFKA_BOOTSTRAP``)."""
+    if field not in cls.model_fields:
+        raise KeyError(f"{cls.__name__} has no field {field!r}")
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
 
 
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster (the embedded broker or any real one)."""
 
-    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_KAFKA_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EVALSTREAM_KAFKA_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
-    #: Comma-separated host:port list of brokers.
     bootstrap: str = "127.0.0.1:9092"
-    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    """Comma-separated ``host:port`` list of brokers."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    #: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used.
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: str | None = None
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
-    #: CA file for SSL.
+    """SASL password (never logged)."""
     ssl_cafile: str | None = None
+    """CA bundle for SSL."""
     client_id: str = "evalstream"
+    """Client id shown in the brokers' logs and quotas."""
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to kafka-python producers, consumers and admin clients."""
