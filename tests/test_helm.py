@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings
 
 from evalstream.exporter.settings import ExporterSettings
 from evalstream.judges.llm_http import LLMJudgeSettings
-from evalstream.judges.settings import JudgeServerSettings
+from evalstream.judges.settings import EncoderSettings, JudgeServerSettings
 from evalstream.pipeline.sampling import SamplingConfig
 from evalstream.pipeline.settings import PipelineSettings, parse_endpoints
 from evalstream.runtime.settings import KafkaSettings
@@ -56,6 +56,7 @@ KUBE_VERSIONS = ["1.29.0", "1.35.0"]
 SETTINGS: dict[str, type[BaseSettings]] = {
     "EVALSTREAM_KAFKA_": KafkaSettings,
     "EVALSTREAM_JUDGE_": JudgeServerSettings,
+    "EVALSTREAM_ENCODER_": EncoderSettings,
     "EVALSTREAM_LLM_": LLMJudgeSettings,
     "EVALSTREAM_EXPORTER_": ExporterSettings,
     "EVALSTREAM_PIPELINE_": PipelineSettings,
@@ -409,7 +410,6 @@ def test_environment_builds_the_real_settings(rendered, value_set, monkeypatch):
     for where, pod in (p for o in rendered[value_set] for p in _pod_specs(o)):
         for c in [*pod.get("initContainers", []), *pod["containers"]]:
             env = {k: v for k, v in _env(c).items() if k.startswith("EVALSTREAM_")}
-            env.pop("EVALSTREAM_ENCODER_MODEL_DIR", None)  # read by the encoder judge itself
             for prefix, cls in SETTINGS.items():
                 ours = {k: v for k, v in env.items() if k.startswith(prefix)}
                 unknown = {k for k in ours if k.removeprefix(prefix).lower() not in cls.model_fields}

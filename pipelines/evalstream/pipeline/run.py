@@ -100,7 +100,7 @@ _FLAGS = {
 }
 
 
-def _flags() -> tuple[argparse.ArgumentParser, SettingsFlags, SettingsFlags]:
+def flags() -> tuple[argparse.ArgumentParser, SettingsFlags, SettingsFlags]:
     """``PipelineSettings`` fields as flags (``runtime/flags.py``), ``--bootstrap`` and ``--runner``."""
     p = argparse.ArgumentParser(prog="evalstream pipeline", description="Run the evalstream pipeline.")
     p.add_argument("--runner", default="local", help="local (micro-batches) or a Beam streaming runner")
@@ -110,12 +110,12 @@ def _flags() -> tuple[argparse.ArgumentParser, SettingsFlags, SettingsFlags]:
 
 
 def _arg_parser() -> argparse.ArgumentParser:
-    return _flags()[0]
+    return flags()[0]
 
 
 def run(argv: Sequence[str] | None = None) -> RunStats | None:
     """Parse flags (over env, over defaults) and run until SIGTERM/SIGINT or idle exit."""
-    parser, pipeline_flags, kafka_flags = _flags()
+    parser, pipeline_flags, kafka_flags = flags()
     args, beam_args = parser.parse_known_args(argv)
     settings = PipelineSettings(**pipeline_flags.explicit(args))
     kafka = KafkaSettings(**kafka_flags.explicit(args))

@@ -39,7 +39,7 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
-from evalstream.runtime.flags import Flag, add_settings_flags, pairs
+from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags, pairs
 from evalstream.runtime.ready import EXPORTER_READY
 from evalstream.runtime.settings import KafkaSettings
 
@@ -344,8 +344,8 @@ _FLAGS = {
 }
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[ExporterSettings, KafkaSettings]:
-    """``ExporterSettings`` fields and ``--bootstrap`` as flags (``runtime/flags.py``)."""
+def flags() -> tuple[argparse.ArgumentParser, SettingsFlags, SettingsFlags]:
+    """The exporter's flags: ``ExporterSettings`` fields and ``--bootstrap`` (``runtime/flags.py``)."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.exporter",
         description="Turn verdicts and summaries into Prometheus metrics. Unset options come from "
@@ -353,6 +353,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[ExporterSettings, KafkaSettings]
     )
     kafka = add_settings_flags(parser, KafkaSettings, only=("bootstrap",))
     exporter = add_settings_flags(parser, ExporterSettings, flags=_FLAGS)
+    return parser, exporter, kafka
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[ExporterSettings, KafkaSettings]:
+    parser, exporter, kafka = flags()
     args = parser.parse_args(argv)
     return ExporterSettings(**exporter.explicit(args)), KafkaSettings(**kafka.explicit(args))
 

@@ -106,8 +106,8 @@ class LLMError(Exception):
 
     error_type: ClassVar[str] = "llm_error"
     retryable: ClassVar[bool] = False
-    #: Counts against the endpoint's circuit breaker (the endpoint is unwell, not the request).
     endpoint_failure: ClassVar[bool] = False
+    """Counts against the endpoint's circuit breaker (the endpoint is unwell, not the request)."""
     attempts: int = 1  # HTTP attempts made before this error was final
 
 
@@ -218,55 +218,70 @@ class LLMJudgeSettings(BaseSettings):
     """Explicit argument, then ``EVALSTREAM_LLM_<FIELD>``, then the default (``EVALSTREAM_LLM_API_KEY``,
     ``EVALSTREAM_LLM_BASE_URL``, ...). List fields take JSON in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_LLM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EVALSTREAM_LLM_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
 
-    #: OpenAI-style base URL, ending in ``/v1``.
     base_url: str = "http://127.0.0.1:8089/v1"
-    #: The lead judge model.
+    """OpenAI-style base URL, ending in ``/v1``."""
     model: str = "gpt-4"
-    #: More judge models for a PoLL panel (majority vote with the lead).
+    """The lead judge model."""
     panel: tuple[str, ...] = ()
+    """More judge models for a PoLL panel (majority vote with the lead)."""
     api_key: SecretStr | None = None
-    #: A file holding the key, used when ``api_key`` is not set.
+    """The endpoint's API key (never logged)."""
     api_key_file: Path | None = None
+    """A file holding the key, used when ``api_key`` is not set."""
     prompt_version: str = "v1"
-    #: Samples per call while the endpoint may give logprobs, and once it has shown it does not.
+    """Version of the judge prompts (``prompts/<dimension>.<version>.yaml``); part of the judge's name."""
     samples: int = Field(default=1, ge=1, le=16)
+    """Samples per call while the endpoint may give logprobs."""
     fallback_samples: int = Field(default=3, ge=1, le=16)
+    """Samples per call once the endpoint has shown it gives no logprobs."""
     temperature: float = Field(default=0.0, ge=0, le=2)
-    #: Temperature when asking for several samples (identical samples carry no information).
+    """Sampling temperature of a single-sample call."""
     sample_temperature: float = Field(default=0.7, ge=0, le=2)
+    """Temperature when asking for several samples (identical samples carry no information)."""
     logprobs: bool = True
+    """Ask for token logprobs (the verdict's confidence) while the endpoint gives them."""
     top_logprobs: int = Field(default=5, ge=0, le=20)
+    """Alternatives per token in the logprobs."""
     max_tokens: int = Field(default=512, ge=16)
-    #: Structured-output dialect (``EVALSTREAM_LLM_RESPONSE_FORMAT``): ``json_schema`` (OpenAI's
-    #: ``{"type": "json_schema", ...}``), ``json_object_schema`` (llama.cpp's ``{"type": "json_object",
-    #: "schema": ...}``, a grammar), ``json_object`` (JSON mode: any object), ``none`` (no
-    #: ``response_format``; the schema goes in the prompt), or ``auto``: try them in that order, once
-    #: per endpoint, and keep the first the endpoint does not refuse.
+    """Most tokens in a reply."""
     response_format: Literal["auto", "json_schema", "json_object_schema", "json_object", "none"] = "auto"
-    #: Check the model: at the first call, that ``GET /v1/models`` lists it (when the endpoint has
-    #: that route); on every reply, that the reply names it (or a dated version or alias of it).
+    """Structured-output dialect (``EVALSTREAM_LLM_RESPONSE_FORMAT``): ``json_schema`` (OpenAI's
+    ``{"type": "json_schema", ...}``), ``json_object_schema`` (llama.cpp's ``{"type": "json_object",
+    "schema": ...}``, a grammar), ``json_object`` (JSON mode: any object), ``none`` (no
+    ``response_format``; the schema goes in the prompt), or ``auto``: try them in that order, once
+    per endpoint, and keep the first the endpoint does not refuse."""
     check_model: bool = True
+    """Check the model: at the first call, that ``GET /v1/models`` lists it (when the endpoint has
+    that route); on every reply, that the reply names it (or a dated version or alias of it)."""
     pairwise_swap: bool = True
-    #: Calls in flight to the endpoint: adaptive, from ``min_concurrency`` up to ``max_concurrency``
-    #: while latency holds, halved on a timeout or 429 (``concurrency.py``).
+    """Pairwise comparisons are asked in both orders (position bias)."""
     max_concurrency: int = Field(default=8, ge=1)
+    """Calls in flight to the endpoint: adaptive, from ``min_concurrency`` up to ``max_concurrency``
+    while latency holds, halved on a timeout or 429 (``concurrency.py``)."""
     min_concurrency: int = Field(default=1, ge=1)
+    """Calls in flight to start with (the adaptive limit's floor)."""
     deadline_s: float = Field(default=60.0, gt=0)
+    """One overall deadline per call, retries included."""
     attempt_timeout_s: float = Field(default=30.0, gt=0)
+    """Timeout of one attempt (capped by what is left of the deadline)."""
     max_attempts: int = Field(default=5, ge=1)
-    #: USD per 1,000 prompt and completion tokens (same for every panel model).
+    """Most attempts per call."""
     price_input_per_1k: float = Field(default=0.0, ge=0)
+    """USD per 1,000 prompt tokens (same for every panel model)."""
     price_output_per_1k: float = Field(default=0.0, ge=0)
-    #: Extra request headers (a gateway's routing header, the replay server's fault header).
+    """USD per 1,000 completion tokens."""
     extra_headers: dict[str, str] = Field(default_factory=dict)
-    #: How much of an unparseable reply goes into the outcome's ``extra``.
+    """Extra request headers (a gateway's routing header, the replay server's fault header)."""
     raw_reply_chars: int = Field(default=1000, ge=0)
-    #: Failed calls (after their retries) in a row that open the endpoint's circuit (0: no breaker).
+    """How much of an unparseable reply goes into the outcome's ``extra``."""
     breaker_failures: int = Field(default=5, ge=0)
-    #: Seconds the circuit stays open before a probe.
+    """Failed calls (after their retries) in a row that open the endpoint's circuit (0: no breaker)."""
     breaker_open_s: float = Field(default=10.0, ge=0)
+    """Seconds the circuit stays open before a probe."""
 
     @property
     def models(self) -> tuple[str, ...]:

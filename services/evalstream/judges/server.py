@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
-from evalstream.runtime.flags import Flag, add_settings_flags
+from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags
 from evalstream.runtime.ready import JUDGE_READY, METRICS_READY
 from evalstream.v1 import judge_pb2, judge_pb2_grpc, verdict_pb2
 
@@ -455,16 +455,22 @@ def create_server(
 # --- main ---------------------------------------------------------------------------------------
 
 
-def _parse(argv: Sequence[str] | None) -> dict[str, Any]:
-    """The ``JudgeServerSettings`` fields given as flags (``runtime/flags.py``)."""
+def flags() -> tuple[argparse.ArgumentParser, SettingsFlags]:
+    """The server's flags: ``JudgeServerSettings`` fields (``runtime/flags.py``)."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.judges.server",
         description="Serve one judge tier over gRPC. Unset options come from EVALSTREAM_JUDGE_* or defaults.",
     )
-    flags = add_settings_flags(
+    judge = add_settings_flags(
         parser, JudgeServerSettings, flags={"name": Flag(name="--judge"), "grace_s": Flag(name="--grace")}
     )
-    return flags.explicit(parser.parse_args(argv))
+    return parser, judge
+
+
+def _parse(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The ``JudgeServerSettings`` fields given as flags."""
+    parser, judge = flags()
+    return judge.explicit(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evalstream.evaluation.datasets import data_root
-from evalstream.runtime.flags import add_settings_flags
+from evalstream.runtime.flags import SettingsFlags, add_settings_flags
 from evalstream.runtime.ready import LLM_REPLAY_READY
 
 from .faults import FAULT_HEADER, FaultKind, FaultPlan, parse_faults
@@ -342,18 +342,23 @@ def create_server(settings: ReplaySettings, store: ReplayStore | None = None) ->
     return ReplayServer(settings, store)
 
 
-def _parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
+def flags() -> tuple[argparse.ArgumentParser, SettingsFlags]:
     """``ReplaySettings`` fields as flags (``runtime/flags.py``), ``--api-key-file`` and ``--log-level``."""
     parser = argparse.ArgumentParser(
         prog="python -m evalstream.llm_replay",
         description="OpenAI-compatible server replaying real recorded judge verdicts from the shared data.",
     )
-    flags = add_settings_flags(parser, ReplaySettings, skip=("api_key",))
+    replay = add_settings_flags(parser, ReplaySettings, skip=("api_key",))
     parser.add_argument("--api-key-file", type=Path, help="require this key (file holds the key)")
     parser.add_argument("--log-level", default="WARNING")
+    return parser, replay
+
+
+def _parse_args(argv: Sequence[str] | None) -> dict[str, Any]:
+    parser, replay = flags()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    explicit = flags.explicit(args)
+    explicit = replay.explicit(args)
     if args.api_key_file is not None:
         explicit["api_key"] = SecretStr(args.api_key_file.read_text(encoding="utf-8").strip())
     return explicit

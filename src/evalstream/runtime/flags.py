@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings
 
 from evalstream.runtime.settings import env_name
 
-__all__ = ["Flag", "SettingsFlags", "add_settings_flags", "field_type", "pairs"]
+__all__ = ["Flag", "SettingsFlags", "add_settings_flags", "describe_default", "field_type", "pairs"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +81,7 @@ def _json(text: str) -> Any:
         ) from exc
 
 
-def _default(info: FieldInfo) -> str:
+def describe_default(info: FieldInfo) -> str:
     value = info.get_default(call_default_factory=True, validated_data={})
     if value is None:
         return "unset"
@@ -113,6 +113,8 @@ class SettingsFlags:
     cls: type[BaseSettings]
     #: field name -> argparse ``dest``
     dests: Mapping[str, str]
+    #: field name -> the flag (``--judge``)
+    names: Mapping[str, str]
     collectors: Mapping[str, Callable[[list[Any]], Any]]
 
     def explicit(self, args: argparse.Namespace) -> dict[str, Any]:
@@ -150,6 +152,7 @@ def add_settings_flags(
     if unknown:
         raise ValueError(f"flags for unknown fields of {cls.__name__}: {sorted(unknown)}")
     dests: dict[str, str] = {}
+    names: dict[str, str] = {}
     collectors: dict[str, Callable[[list[Any]], Any]] = {}
     for field in _fields(cls, only, skip):
         info = cls.model_fields[field]
@@ -159,7 +162,7 @@ def add_settings_flags(
         if any(action.dest == dest for action in parser._actions):
             raise ValueError(f"{cls.__name__}.{field}: the parser already has a flag for {dest!r}")
         text = spec.help or (info.description or "").rstrip(".")
-        where = f"env {env_name(cls, field)}, default {_default(info)}".replace("%", "%%")
+        where = f"env {env_name(cls, field)}, default {describe_default(info)}".replace("%", "%%")
         help_text = f"{text} ({where})" if text else f"({where})"
         kind = field_type(info)
         options: dict[str, Any] = {"dest": dest, "help": help_text, "default": None}
@@ -182,4 +185,5 @@ def add_settings_flags(
                 collectors[field] = spec.collect
             parser.add_argument(name, **options)
         dests[field] = dest
-    return SettingsFlags(cls, dests, collectors)
+        names[field] = name
+    return SettingsFlags(cls, dests, names, collectors)
