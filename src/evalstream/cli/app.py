@@ -15,6 +15,7 @@ from evalstream.runtime.logs import configure_logging
 from evalstream.tools.labels import label_command
 from evalstream.tools.redrive import redrive_command
 from evalstream.tools.replay import replay_command
+from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
 
 app = typer.Typer(
     name="evalstream",
@@ -57,8 +58,10 @@ def _collect(
         "xstest", help="xstest (../shared/data), or a labelled-items .jsonl file (docs/calibration.md)."
     ),
     out_dir: Path = typer.Option(Path(".evalstream/calibration"), help="Where the tables and config go."),
-    alpha: float = typer.Option(0.15, help="Allowed disagreement with humans: agreement >= 1 - alpha."),
-    delta: float = typer.Option(0.1, help="Allowed probability that the guarantee fails."),
+    alpha: float = typer.Option(
+        DEFAULT_ALPHA, help="Allowed disagreement with humans: agreement >= 1 - alpha."
+    ),
+    delta: float = typer.Option(DEFAULT_DELTA, help="Allowed probability that the guarantee fails."),
     seed: int = typer.Option(0, help="Seed of the calibration/test halves."),
     truth_annotator: str | None = typer.Option(
         None, help="Whose labels are the truth (default: adjudicated for xstest, else the only one)."
@@ -150,8 +153,8 @@ def _up(
     tiers: str = typer.Option(
         "0,1,2", help="Judge tiers to run: 0 rules, 1 encoder, 2 LLM (replayed GPT-4)."
     ),
-    alpha: float = typer.Option(0.15, help="Calibration: agreement with humans >= 1 - alpha ..."),
-    delta: float = typer.Option(0.1, help="... with probability >= 1 - delta."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Calibration: agreement with humans >= 1 - alpha ..."),
+    delta: float = typer.Option(DEFAULT_DELTA, help="... with probability >= 1 - delta."),
 ) -> None:
     """Start broker, judges, pipeline and a traffic replay on this machine; Ctrl-C stops them all."""
     from evalstream.local.up import StackOptions, up

@@ -21,6 +21,7 @@ from evalstream.evaluation.calibration import (
 from evalstream.evaluation.judgements import Split
 from evalstream.evaluation.routing import RouteSummary, route, summarise_routes
 from evalstream.runtime.tables import print_table
+from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
 from evalstream.wire.dimensions import Dimension
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ def calibrate_command(
     judges: str | None = typer.Option(
         None, help="Comma-separated judges of the cascade, cheapest first (default: the set's cascade)."
     ),
-    alpha: float = typer.Option(0.1, help="Allowed disagreement with humans: agreement >= 1 - alpha."),
-    delta: float = typer.Option(0.1, help="Allowed probability that the guarantee fails."),
+    alpha: float = typer.Option(
+        DEFAULT_ALPHA, help="Allowed disagreement with humans: agreement >= 1 - alpha."
+    ),
+    delta: float = typer.Option(DEFAULT_DELTA, help="Allowed probability that the guarantee fails."),
     out: Path = typer.Option(Path("cascade.yaml"), help="Where to write the cascade config (YAML)."),
     seed: int = typer.Option(0, help="Seed of the fit/calibration/test split of a recorded set."),
     grid_step: float = typer.Option(DEFAULT_GRID_STEP, help="Step of the decreasing threshold grid."),

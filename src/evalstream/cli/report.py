@@ -15,7 +15,7 @@ from evalstream.evaluation.report import CascadeSpec, Report, build_report
 from evalstream.evaluation.routing import config_plan
 from evalstream.evaluation.statistics import DEFAULT_ALT_EPSILON
 from evalstream.runtime.tables import print_table
-from evalstream.wire.cascade_config import CascadeConfig
+from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA, CascadeConfig
 from evalstream.wire.dimensions import Dimension
 
 if TYPE_CHECKING:
@@ -132,9 +132,11 @@ def report_command(
     ),
     judges: str | None = typer.Option(None, help="Comma-separated cascade judges, cheapest first."),
     alpha: float = typer.Option(
-        0.1, help="Without --config: allowed disagreement of the calibrated cascade."
+        DEFAULT_ALPHA, help="Without --config: allowed disagreement of the calibrated cascade."
     ),
-    delta: float = typer.Option(0.1, help="Without --config: allowed probability the guarantee fails."),
+    delta: float = typer.Option(
+        DEFAULT_DELTA, help="Without --config: allowed probability the guarantee fails."
+    ),
     seed: int = typer.Option(0, help="Seed of a recorded set's split and of the bootstrap."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for kappa's confidence interval."),
     alt_epsilon: float = typer.Option(

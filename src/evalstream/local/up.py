@@ -42,6 +42,7 @@ from evalstream.local.supervisor import ChildProcess, ChildStartError, python_mo
 from evalstream.runtime.ready import METRICS_READY, UP_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tables import print_table
+from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
 from evalstream.wire.dimensions import Tier
 
 __all__ = ["STOP_SIGNALS", "Output", "Stack", "StackOptions", "up"]
@@ -66,8 +67,8 @@ class StackOptions:
     fresh: bool = True  # start the broker on an empty data directory (False: keep the last run's)
     tiers: tuple[int, ...] = (Tier.RULES, Tier.ENCODER, Tier.LLM)
     scrape_interval_s: float = 5.0
-    alpha: float = 0.15  # calibration target: agreement with humans >= 1 - alpha ...
-    delta: float = 0.1  # ... with probability >= 1 - delta
+    alpha: float = DEFAULT_ALPHA  # calibration target: agreement with humans >= 1 - alpha ...
+    delta: float = DEFAULT_DELTA  # ... with probability >= 1 - delta
 
 
 class Interrupted(BaseException):
