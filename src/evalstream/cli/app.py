@@ -1,6 +1,7 @@
 """The ``evalstream`` command line: one typer app, each command a thin shell over a module.
 
-Commands are registered below, one line each; the work lives in the named modules.
+Commands are registered below, one line each; the work lives in the named modules, which are
+imported only when their command runs (``cli/lazy.py``), so ``evalstream --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -9,15 +10,36 @@ from pathlib import Path
 
 import typer
 
-from evalstream.cli.calibrate import calibrate_command
-from evalstream.cli.report import report_command
+from evalstream.cli.lazy import LazyCommand, lazy_group
 from evalstream.runtime.logs import configure_logging
-from evalstream.tools.labels import label_command
-from evalstream.tools.redrive import redrive_command
-from evalstream.tools.replay import replay_command
-from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
+from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
+
+#: Commands whose shells live in their own modules: name -> shell and its docstring's first line.
+LAZY_COMMANDS = {
+    "calibrate": LazyCommand(
+        "evalstream.cli.calibrate:calibrate_command",
+        "Fit per-tier confidence thresholds on human labels and write a versioned cascade config.",
+    ),
+    "label": LazyCommand(
+        "evalstream.tools.labels:label_command",
+        "Publish human labels to Kafka, from a file or from XSTest, for the exporter's judge agreement.",
+    ),
+    "redrive": LazyCommand(
+        "evalstream.tools.redrive:redrive_command",
+        "Publish judge-stage dead letters' events again (once each), after the judge is back.",
+    ),
+    "replay": LazyCommand(
+        "evalstream.tools.replay:replay_command",
+        "Replay XSTest v2 completions into Kafka as LLM events, optionally with malformed inputs.",
+    ),
+    "report": LazyCommand(
+        "evalstream.cli.report:report_command",
+        "Agreement of each judge and of the cascade with humans: accuracy, kappa, coverage, cost, bias.",
+    ),
+}
 
 app = typer.Typer(
+    cls=lazy_group(LAZY_COMMANDS),
     name="evalstream",
     help="Streaming evaluation of deployed LLMs: Kafka -> Beam -> cascaded judges -> Prometheus.",
     no_args_is_help=True,
@@ -30,8 +52,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DE
     configure_logging(verbose)
 
 
-# --- command registrations (one line each; keep sorted) ---
-app.command("calibrate")(calibrate_command)
+# --- commands defined here (their imports inside) ---
 
 
 @app.command(
@@ -43,12 +64,6 @@ def _pipeline(ctx: typer.Context) -> None:
     from evalstream.pipeline.run import run
 
     run(ctx.args)
-
-
-app.command("label")(label_command)
-app.command("redrive")(redrive_command)
-app.command("replay")(replay_command)
-app.command("report")(report_command)
 
 
 @app.command("collect")

@@ -21,8 +21,8 @@ from evalstream.evaluation.calibration import (
 from evalstream.evaluation.judgements import Split
 from evalstream.evaluation.routing import RouteSummary, route, summarise_routes
 from evalstream.runtime.tables import print_table
-from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
 from evalstream.wire.dimensions import Dimension
+from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
 if TYPE_CHECKING:
     from rich.console import Console

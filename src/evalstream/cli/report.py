@@ -15,8 +15,9 @@ from evalstream.evaluation.report import CascadeSpec, Report, build_report
 from evalstream.evaluation.routing import config_plan
 from evalstream.evaluation.statistics import DEFAULT_ALT_EPSILON
 from evalstream.runtime.tables import print_table
-from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA, CascadeConfig
+from evalstream.wire.cascade_config import CascadeConfig
 from evalstream.wire.dimensions import Dimension
+from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -42,8 +42,8 @@ from evalstream.local.supervisor import ChildProcess, ChildStartError, python_mo
 from evalstream.runtime.ready import METRICS_READY, UP_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tables import print_table
-from evalstream.wire.cascade_config import DEFAULT_ALPHA, DEFAULT_DELTA
 from evalstream.wire.dimensions import Tier
+from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
 __all__ = ["STOP_SIGNALS", "Output", "Stack", "StackOptions", "up"]
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -30,12 +32,6 @@ __all__ = [
     "TierRule",
     "default_cascade",
 ]
-
-#: The calibration target every command defaults to (``calibrate``, ``report``, ``collect``, ``up``):
-#: accepted verdicts agree with humans at least ``1 - DEFAULT_ALPHA`` of the time ...
-DEFAULT_ALPHA: Final = 0.1
-#: ... with probability at least ``1 - DEFAULT_DELTA``. docs/calibration.md says why these.
-DEFAULT_DELTA: Final = 0.1
 
 
 class TierRule(BaseModel):
