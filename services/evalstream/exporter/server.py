@@ -39,6 +39,8 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
+from evalstream.kafka import clients
+from evalstream.kafka.clients import KafkaEdgeError
 from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags, pairs
 from evalstream.runtime.ready import EXPORTER_READY
 from evalstream.runtime.settings import KafkaSettings
@@ -144,7 +146,8 @@ class Exporter:
         s = self._settings
         saved = self._state_file.load()  # StateError before touching Kafka
         try:
-            consumer = KafkaConsumer(
+            consumer = clients.consumer(
+                self._kafka,
                 group_id=s.group_id,
                 # Static membership: a restarted exporter takes its partitions back at once instead
                 # of waiting for the group to expire the member it was before it died.
@@ -153,16 +156,16 @@ class Exporter:
                 auto_offset_reset="earliest",
                 isolation_level="read_committed",
                 max_poll_records=s.max_poll_records,
-                **self._kafka.client_kwargs(),
             )
             committed: dict[Partition, int | None] = {}
             for topic in self._streams:
                 for partition in sorted(consumer.partitions_for_topic(topic) or ()):
                     committed[(topic, partition)] = consumer.committed(TopicPartition(topic, partition))
+        except KafkaEdgeError as exc:
+            raise ExporterError(f"{exc} (consumer group {s.group_id!r})") from exc
         except KafkaError as exc:
             raise ExporterError(
-                f"cannot reach Kafka at {self._kafka.bootstrap} as group {s.group_id!r}: {exc}; "
-                "is the broker up? (EVALSTREAM_KAFKA_BOOTSTRAP or --bootstrap)"
+                str(clients.explain(self._kafka, f"group {s.group_id!r} offsets", exc))
             ) from exc
         plan = resume_plan(saved, committed)
         if saved is not None and plan.core is None:
@@ -259,7 +262,7 @@ class Exporter:
                     self.metrics.consumer_lag.labels(stream=stream.value).set(value)
             if self._settings.pipeline_group:
                 self.metrics.pipeline_lag.set(self._pipeline_lag(consumer))
-        except KafkaError as exc:
+        except (KafkaError, KafkaEdgeError) as exc:
             log.warning("lag probe failed: %s", exc)
 
     def _pipeline_lag(self, consumer: KafkaConsumer) -> int:
@@ -270,7 +273,7 @@ class Exporter:
         if not partitions:
             return 0
         if self._admin is None:
-            self._admin = KafkaAdminClient(**self._kafka.client_kwargs())
+            self._admin = clients.admin(self._kafka)
         committed = self._admin.list_group_offsets({s.pipeline_group: partitions}).get(s.pipeline_group, {})
         ends = consumer.end_offsets(partitions)
         starts = consumer.beginning_offsets(partitions)

@@ -93,13 +93,15 @@ def xstest_labels(
 
 def publish_labels(labels: Iterable[HumanLabelIn], kafka: KafkaSettings, topic: str = topics.LABELS) -> int:
     """Send every label (key = event id), wait for all acknowledgements; returns how many were sent."""
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from evalstream.kafka.clients import KafkaEdgeError, explain
+    from evalstream.kafka.clients import producer as make_producer
+
     try:
-        producer = KafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=5)
-    except KafkaError as exc:
-        raise LabelPublishError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}; is the broker up?") from exc
+        producer = make_producer(kafka, linger_ms=5)
+    except KafkaEdgeError as exc:
+        raise LabelPublishError(str(exc)) from exc
     headers = [(topics.CONTENT_TYPE_HEADER, topics.CONTENT_TYPE_JSON.encode())]
     try:
         futures = [
@@ -110,7 +112,7 @@ def publish_labels(labels: Iterable[HumanLabelIn], kafka: KafkaSettings, topic: 
         for future in futures:
             future.get(timeout=0)
     except KafkaError as exc:
-        raise LabelPublishError(f"labels to {topic!r} at {kafka.bootstrap} not acknowledged: {exc}") from exc
+        raise LabelPublishError(str(explain(kafka, f"publishing labels to {topic!r}", exc))) from exc
     finally:
         producer.close(timeout=30)
     return len(futures)

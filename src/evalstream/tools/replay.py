@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
-from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from rich.console import Console
@@ -44,6 +43,8 @@ from rich.table import Table
 from rich.text import Text
 
 from evalstream.evaluation.datasets import XSTEST_MODELS, read_xstest
+from evalstream.kafka import clients
+from evalstream.kafka.clients import KafkaEdgeError
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tables import print_table
 from evalstream.tools.replay_events import (
@@ -152,9 +153,9 @@ def prepare_topic(kafka: KafkaSettings, topic: str, *, partitions: int, needed_b
     """Create ``topic`` with ``partitions`` and ``max.message.bytes`` of ``MAX_RECORD_BYTES`` when it
     is missing (returns True). An existing topic must accept ``needed_bytes``-sized records."""
     try:
-        admin = KafkaAdminClient(**kafka.client_kwargs())
-    except KafkaError as exc:
-        raise ReplayError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}; is the broker up?") from exc
+        admin = clients.admin(kafka)
+    except KafkaEdgeError as exc:
+        raise ReplayError(str(exc)) from exc
     try:
         if topic not in set(admin.list_topics()):
             configs = {"max.message.bytes": str(MAX_RECORD_BYTES)}
@@ -177,7 +178,7 @@ def prepare_topic(kafka: KafkaSettings, topic: str, *, partitions: int, needed_b
             )
         return False
     except KafkaError as exc:
-        raise ReplayError(f"cannot prepare topic {topic!r} on {kafka.bootstrap}: {exc}") from exc
+        raise ReplayError(str(clients.explain(kafka, f"preparing topic {topic!r}", exc))) from exc
     finally:
         admin.close()
 
@@ -231,11 +232,9 @@ def run_replay(
         needed_bytes=OVERSIZED_RESPONSE_BYTES + 64 * 1024 if oversized else 0,
     )
     try:
-        producer = KafkaProducer(
-            **kafka.client_kwargs(), acks="all", linger_ms=5, max_request_size=MAX_RECORD_BYTES
-        )
-    except KafkaError as exc:
-        raise ReplayError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}; is the broker up?") from exc
+        producer = clients.producer(kafka, linger_ms=5, max_request_size=MAX_RECORD_BYTES)
+    except KafkaEdgeError as exc:
+        raise ReplayError(str(exc)) from exc
     progress = Progress(
         TextColumn("[bold]replay[/] {task.description}"),
         BarColumn(),
