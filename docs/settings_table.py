@@ -11,6 +11,7 @@ classes, then run this; never edit the table by hand.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,60 +43,44 @@ class Section:
     flags: Callable[[], SettingsFlags] | None = None
 
 
-def _pipeline_flags() -> SettingsFlags:
-    from evalstream.pipeline.run import flags
+def _flags(module: str, index: int) -> Callable[[], SettingsFlags]:
+    """The ``index``-th ``SettingsFlags`` of ``module.flags()`` (imported when the table is made)."""
 
-    return flags()[1]
+    def get() -> SettingsFlags:
+        made: SettingsFlags = importlib.import_module(module).flags()[index]
+        return made
 
-
-def _pipeline_kafka_flags() -> SettingsFlags:
-    from evalstream.pipeline.run import flags
-
-    return flags()[2]
-
-
-def _judge_flags() -> SettingsFlags:
-    from evalstream.judges.server import flags
-
-    return flags()[1]
-
-
-def _exporter_flags() -> SettingsFlags:
-    from evalstream.exporter.server import flags
-
-    return flags()[1]
-
-
-def _replay_flags() -> SettingsFlags:
-    from evalstream.llm_replay.server import flags
-
-    return flags()[1]
+    return get
 
 
 SECTIONS = (
     Section(
         cls=KafkaSettings,
         readers="every process that talks to Kafka; `--bootstrap` on the pipeline, exporter and tools",
-        flags=_pipeline_kafka_flags,
+        flags=_flags("evalstream.pipeline.run", 2),
     ),
     Section(cls=EmbeddedBrokerSettings, readers="the embedded broker (`evalstream up`, the tests)"),
     Section(
-        cls=PipelineSettings, readers="the pipeline (`python -m evalstream.pipeline`)", flags=_pipeline_flags
+        cls=PipelineSettings,
+        readers="the pipeline (`python -m evalstream.pipeline`)",
+        flags=_flags("evalstream.pipeline.run", 1),
     ),
     Section(
         cls=JudgeServerSettings,
         readers="a judge server (`python -m evalstream.judges.server`)",
-        flags=_judge_flags,
+        flags=_flags("evalstream.judges.server", 1),
     ),
     Section(cls=EncoderSettings, readers="the encoder judge (tier 1)"),
     Section(cls=LLMJudgeSettings, readers="the LLM judge (tier 2)"),
     Section(
-        cls=ExporterSettings, readers="the exporter (`python -m evalstream.exporter`)", flags=_exporter_flags
+        cls=ExporterSettings,
+        readers="the exporter (`python -m evalstream.exporter`)",
+        flags=_flags("evalstream.exporter.server", 1),
     ),
     Section(
         cls=ReplaySettings,
         readers="the LLM replay server (`python -m evalstream.llm_replay`)",
-        flags=_replay_flags,
+        flags=_flags("evalstream.llm_replay.server", 1),
     ),
     Section(
         cls=DataSettings, readers="whatever reads the shared labelled data (calibration, reports, replay)"

@@ -35,12 +35,14 @@ class Topics:
             "--summaries-topic", self.summaries, "--deadletter-topic", self.dead, "--audit-topic", self.audit,
         ]  # fmt: skip
 
-    def create(self, bootstrap: str, *, partitions: int = 4) -> None:
-        ensure_topics(
-            KafkaSettings(bootstrap=bootstrap),
-            {self.events: partitions, self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1},
-            {self.events: {"max.message.bytes": str(MAX_RECORD_BYTES)}},
-        )
+    def create(self, bootstrap: str, *, partitions: int = 4, events: bool = True) -> None:
+        """The output topics, and the events topic (taking replay's largest records) unless ``events``
+        is False (a replay creates it)."""
+        wanted = {self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1}
+        if events:
+            wanted[self.events] = partitions
+        configs = {self.events: {"max.message.bytes": str(MAX_RECORD_BYTES)}} if events else {}
+        ensure_topics(KafkaSettings(bootstrap=bootstrap), wanted, configs)
 
 
 def start(children: list[ChildProcess], child: ChildProcess, timeout: float = 90.0) -> str:

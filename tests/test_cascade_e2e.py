@@ -22,7 +22,8 @@ from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, Tier
 from evalstream.wire.dimensions import LABELS, Dimension
 
 from .kafka_helpers import TopicReader
-from .test_pipeline_run import Topics, pipeline_process
+from .real_parts import Topics
+from .test_pipeline_run import pipeline_process
 
 pytestmark = pytest.mark.slow
 

@@ -42,7 +42,7 @@ from evalstream.v1 import events_pb2, judge_pb2, judge_pb2_grpc, summary_pb2, ve
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 from .kafka_helpers import TopicReader
-from .test_pipeline_run import Topics
+from .real_parts import Topics
 
 #: kafka-python leaks the socket of a refused connection attempt (while a broker is down); pyproject's
 #: filterwarnings ignores exactly that shape of socket, nothing wider.

@@ -15,7 +15,6 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from evalstream.kafka.admin import ensure_topics
 from evalstream.local import servers
 from evalstream.local.broker import EmbeddedBroker
 from evalstream.local.supervisor import ChildProcess
@@ -28,6 +27,7 @@ from evalstream.v1 import summary_pb2, verdict_pb2
 from .kafka_helpers import TopicReader
 from .otlp_receiver import OTLPReceiver, attribute
 from .pipeline_helpers import event_json
+from .real_parts import Topics
 
 pytestmark = pytest.mark.slow
 
@@ -39,27 +39,6 @@ def judge_tier0(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     yield child.start(timeout=60)
     assert child.stop() == 0, child.output()
-
-
-class Topics:
-    def __init__(self, unique: str) -> None:
-        self.events = f"events-{unique}"
-        self.verdicts = f"verdicts-{unique}"
-        self.summaries = f"summaries-{unique}"
-        self.dead = f"dead-{unique}"
-        self.audit = f"audit-{unique}"
-
-    def flags(self) -> list[str]:
-        return [
-            "--input-topic", self.events, "--verdicts-topic", self.verdicts,
-            "--summaries-topic", self.summaries, "--deadletter-topic", self.dead, "--audit-topic", self.audit,
-        ]  # fmt: skip
-
-    def create(self, bootstrap: str, *, events: bool = True) -> None:
-        wanted = {self.verdicts: 2, self.summaries: 1, self.dead: 1, self.audit: 1}
-        if events:
-            wanted[self.events] = 4
-        ensure_topics(KafkaSettings(bootstrap=bootstrap), wanted)
 
 
 def pipeline_process(

@@ -21,7 +21,8 @@ from evalstream.v1 import verdict_pb2
 
 from .kafka_helpers import TopicReader
 from .pipeline_helpers import event_json
-from .test_pipeline_run import Topics, pipeline_process, produce, send_until_judged, start_rules_judge
+from .real_parts import Topics
+from .test_pipeline_run import pipeline_process, produce, send_until_judged, start_rules_judge
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 

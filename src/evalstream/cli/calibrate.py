@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from evalstream.cli.options import DataOption, HumansOption, JudgementsOption
 from evalstream.evaluation.calibration import (
     DEFAULT_GRID_STEP,
     DEFAULT_MIN_ACCEPTED,
@@ -41,14 +42,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def calibrate_command(
-    data: str | None = typer.Option(
-        None,
-        "--data",
-        help="xstest, llmbar or judgebench (../shared/data), or a labelled-items .jsonl file "
-        "with recorded judgements (docs/calibration.md).",
-    ),
-    judgements: Path | None = typer.Option(None, help="Judgement table (JSONL) instead of --data."),
-    humans: Path | None = typer.Option(None, help="Human-label table (JSONL), with --judgements."),
+    data: DataOption = None,
+    judgements: JudgementsOption = None,
+    humans: HumansOption = None,
     truth_annotator: str | None = typer.Option(
         None, help="Whose human labels are the truth (default: the only annotator, or the set's own)."
     ),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from evalstream.cli.options import DataOption, HumansOption, JudgementsOption
 from evalstream.evaluation.calibration import CalibrationError, calibrate, cascade_items
 from evalstream.evaluation.judgements import LabelledSet, Split
 from evalstream.evaluation.report import CascadeSpec, Report, build_report
@@ -116,14 +117,9 @@ def _resolve_split(data: LabelledSet, split: str | None) -> tuple[LabelledSet, s
 
 
 def report_command(
-    data: str | None = typer.Option(
-        None,
-        "--data",
-        help="xstest, llmbar or judgebench (../shared/data), or a labelled-items .jsonl file "
-        "with recorded judgements (docs/calibration.md).",
-    ),
-    judgements: Path | None = typer.Option(None, help="Judgement table (JSONL) instead of --data."),
-    humans: Path | None = typer.Option(None, help="Human-label table (JSONL), with --judgements."),
+    data: DataOption = None,
+    judgements: JudgementsOption = None,
+    humans: HumansOption = None,
     truth_annotator: str | None = typer.Option(None, help="Whose human labels are the truth."),
     split: str | None = typer.Option(
         None, help="Report on this split: test (default where there is one), calibration, fit or all."
