@@ -1,8 +1,8 @@
 """``evalstream up`` leaves nothing running: after Ctrl-C, SIGTERM, SIGHUP, a broken stdout, and
 SIGKILL of ``up`` itself.
 
-Each test starts a real ``up`` (tier 0 only and a given cascade, so no encoder training and no
-calibration) with its own state directory, collects the processes below it from /proc (the process
+Each test starts a real ``up`` (tier 0 only and, but for the first test, a given cascade, so no
+encoder training and no calibration) with its own state directory, collects the processes below it from /proc (the process
 tree, never names: other sessions run the same programs), stops it the way the case says, and waits
 with a deadline until every one of them is gone. A zombie counts as gone (it runs nothing; whoever
 adopted it reaps it). At teardown any survivor of *this* tree is killed, so a failing test leaks
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,41 @@ def start_up(tmp_path: Path, cascade: Path, trees: list[Tree]) -> tuple[ChildPro
     parts = [p for p in tree.look().values() if p.ppid == up.pid]
     assert len(parts) == PARTS, [p.name for p in parts]
     return up, tree
+
+
+def test_up_as_a_newcomer_runs_it_reads_at_80_columns_and_ctrl_c_stops_everything(
+    tmp_path: Path, trees: list[Tree]
+) -> None:
+    """No cascade config (``up`` calibrates against tier 0): its address table reads whole at 80
+    columns, its Prometheus answers, and Ctrl-C then leaves nothing running."""
+    up = ChildProcess(
+        name="up",
+        cmd=python_module("evalstream.cli.app", "up", "--state-dir", str(tmp_path / "state"), "--tiers", "0"),
+        log_file=tmp_path / "up.log",
+        capture_stdout=True,
+        env={"COLUMNS": "80"},
+        ready=UP_READY,
+    )
+    try:
+        up.start(timeout=600.0)  # it calibrates first: every XSTest item through tier 0
+    finally:
+        if up.pid is not None:
+            trees.append(Tree(up))
+    tree = trees[-1]
+    wait_until(lambda: "Ctrl-C stops everything" in up.output(), timeout=30, what="up's address table")
+    text = up.output()
+    table = text[text.index(UP_READY.format()) : text.index("Ctrl-C stops everything")]
+    assert "…" not in table, table
+    prometheus = re.search(r"Prometheus \(rules and alerts loaded\): (http://127\.0\.0\.1:\d+) ", table)
+    assert prometheus, table
+    for url in re.findall(r"http://127\.0\.0\.1:\d+\S*", table):
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+(/[\w/.]+)?\)?", url), url  # never split
+    with urllib.request.urlopen(f"{prometheus.group(1)}/-/ready", timeout=10) as ready:
+        assert ready.status == 200
+    assert len([p for p in tree.look().values() if p.ppid == up.pid]) == PARTS
+    up.signal(signal.SIGINT)
+    tree.wait_gone()
+    assert up.wait(30) == 0, up.log_text()[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
