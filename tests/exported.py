@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from evalstream.exporter.core import SPECS
 from evalstream.exporter.server import ShellMetrics
 from evalstream.judges.circuit import register_breaker_metrics
-from evalstream.judges.server import ServerMetrics
+from evalstream.judges.servicer import ServerMetrics
 from evalstream.pipeline.metrics import PipelineMetrics
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
 

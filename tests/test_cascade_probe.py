@@ -17,7 +17,7 @@ import pytest
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.judges.base import ItemOutcome, Judge, JudgeInput, JudgeOutput
 from evalstream.judges.rules import RulesJudge
-from evalstream.judges.server import check_request, to_inputs, to_response
+from evalstream.judges.servicer import check_request, to_inputs, to_response
 from evalstream.pipeline.cascade import CascadeOutcome, EmbeddingProbe, judge_batch
 from evalstream.pipeline.judge_client import JudgeRejected, JudgeUnavailable
 from evalstream.pipeline.records import SampledEvent

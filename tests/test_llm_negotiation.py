@@ -23,7 +23,7 @@ from evalstream.judges.base import JudgeInput
 from evalstream.judges.concurrency import AdaptiveLimit, SlotTimeout
 from evalstream.judges.llm import LLMJudge, LLMJudgeSettings, RetryPolicy, Vote, combine_votes
 from evalstream.judges.llm_http import model_matches
-from evalstream.judges.server import ServerMetrics, to_response
+from evalstream.judges.servicer import ServerMetrics, to_response
 from evalstream.llm_replay import FAULT_HEADER
 from evalstream.llm_replay.replies import SPLIT_CHOSEN_P, SPLIT_OTHER_P, split_logprobs
 from evalstream.local.llm_replay import ReplayProcess, start_replay_server

@@ -2,11 +2,11 @@
 SIGKILL of ``up`` itself.
 
 Each test starts a real ``up`` (tier 0 only and, but for the first test, a given cascade, so no
-encoder training and no calibration) with its own state directory, collects the processes below it from /proc (the process
-tree, never names: other sessions run the same programs), stops it the way the case says, and waits
-with a deadline until every one of them is gone. A zombie counts as gone (it runs nothing; whoever
-adopted it reaps it). At teardown any survivor of *this* tree is killed, so a failing test leaks
-nothing either.
+encoder training and no calibration) with its own state directory, collects the processes below it
+from /proc (the process tree, never names: other sessions run the same programs), stops it the way
+the case says, and waits with a deadline until every one of them is gone. A zombie counts as gone
+(it runs nothing; whoever adopted it reaps it). At teardown any survivor of *this* tree is killed,
+so a failing test leaks nothing either.
 """
 
 from __future__ import annotations
