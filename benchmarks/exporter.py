@@ -39,9 +39,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 from rich.table import Table
 
+from evalstream.exporter.consumer import Exporter
 from evalstream.exporter.core import ExporterCore, Stream
 from evalstream.exporter.labels import DEFAULT_CAPS, LabelBudget, LabelName
-from evalstream.exporter.server import Exporter
 from evalstream.exporter.settings import ExporterSettings
 from evalstream.exporter.state import SavedState, StateFile
 from evalstream.kafka.admin import ensure_topics

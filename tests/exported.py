@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from evalstream.exporter.consumer import ShellMetrics
 from evalstream.exporter.core import SPECS
-from evalstream.exporter.server import ShellMetrics
 from evalstream.judges.circuit import register_breaker_metrics
 from evalstream.judges.servicer import ServerMetrics
 from evalstream.pipeline.metrics import PipelineMetrics
