@@ -54,15 +54,9 @@ from rich.table import Table
 
 from evalstream.evaluation.datasets import data_root
 from evalstream.judges.base import ItemOutcome, JudgeInput
-from evalstream.judges.encoder import (
-    DEFAULT_BATCH_SIZE,
-    ENCODER_MODEL,
-    ENCODER_MODEL_DIR_ENV,
-    Embeddings,
-    EncoderInfo,
-    EncoderJudge,
-    load_artefact,
-)
+from evalstream.judges.embedding import DEFAULT_BATCH_SIZE, ENCODER_MODEL, Embeddings
+from evalstream.judges.encoder import EncoderJudge
+from evalstream.judges.encoder_artefact import ENCODER_MODEL_DIR_ENV, EncoderInfo, load_artefact
 from evalstream.judges.encoder_train import quality_examples, refusal_examples, train
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encoder_judge.json"

@@ -20,20 +20,17 @@ import numpy as np
 import pytest
 
 from evalstream.judges.base import JudgeInput
-from evalstream.judges.encoder import (
+from evalstream.judges.embedding import PROFILE_VIEW, TextEncoder, TextField, View
+from evalstream.judges.encoder import EncoderJudge
+from evalstream.judges.encoder_artefact import (
     ENCODER_FILE,
     ENCODER_MODEL_DIR_ENV,
     METADATA_FILE,
     PROFILE_FILE,
-    PROFILE_VIEW,
     TOKENIZER_FILE,
     TRAIN_COMMAND,
     ArtefactMetadata,
     EncoderArtefactError,
-    EncoderJudge,
-    TextEncoder,
-    TextField,
-    View,
     load_artefact,
     resolve_model_dir,
 )

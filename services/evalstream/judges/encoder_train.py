@@ -70,16 +70,25 @@ import numpy.typing as npt
 from evalstream.evaluation.datasets import XSTEST_DIR, data_root, read_xstest
 from evalstream.wire.dimensions import Dimension, EmbeddingStat, RefusalLabel, quality_label
 
-from .encoder import (
-    ARTEFACT_SCHEMA,
+from .embedding import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
-    ENCODER_FILE,
     ENCODER_MODEL,
+    PROFILE_VIEW,
+    Embeddings,
+    Encoder,
+    TextEncoder,
+    TextField,
+    View,
+    embed_views,
+    features,
+)
+from .encoder_artefact import (
+    ARTEFACT_SCHEMA,
+    ENCODER_FILE,
     METADATA_FILE,
     ONNX_RUNTIME,
     PROFILE_FILE,
-    PROFILE_VIEW,
     TOKENIZER_FILE,
     ArtefactMetadata,
     ClassMetrics,
@@ -87,16 +96,9 @@ from .encoder import (
     DimensionMetadata,
     EmbeddingProfile,
     EmbeddingProfileMetadata,
-    Embeddings,
-    Encoder,
     EncoderInfo,
     HeldOutMetrics,
     SplitInfo,
-    TextEncoder,
-    TextField,
-    View,
-    embed_views,
-    features,
     sha256_file,
 )
 from .encoder_onnx import Quantisation, SourceFileError, prepare

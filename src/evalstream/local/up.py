@@ -300,7 +300,7 @@ class Stack:
         return judges
 
     def _encoder_artefact(self) -> Path:
-        from evalstream.judges.encoder import EncoderArtefactError, load_artefact
+        from evalstream.judges.encoder_artefact import EncoderArtefactError, load_artefact
 
         artefact = self.options.state_dir / "encoder"
         if (artefact / "metadata.json").is_file():
