@@ -57,7 +57,8 @@ from evalstream.judges.base import ItemOutcome, JudgeInput
 from evalstream.judges.embedding import DEFAULT_BATCH_SIZE, ENCODER_MODEL, Embeddings
 from evalstream.judges.encoder import EncoderJudge
 from evalstream.judges.encoder_artefact import ENCODER_MODEL_DIR_ENV, EncoderInfo, load_artefact
-from evalstream.judges.encoder_train import quality_examples, refusal_examples, train
+from evalstream.judges.encoder_examples import quality_examples, refusal_examples
+from evalstream.judges.encoder_fit import train
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encoder_judge.json"
 BATCH_SIZES = (1, 32, 256)

@@ -34,15 +34,9 @@ from evalstream.judges.encoder_artefact import (
     load_artefact,
     resolve_model_dir,
 )
-from evalstream.judges.encoder_train import (
-    RECIPES,
-    Examples,
-    last_user_turn,
-    main,
-    parse_views,
-    quality_examples,
-    refusal_examples,
-)
+from evalstream.judges.encoder_examples import Examples, last_user_turn, quality_examples, refusal_examples
+from evalstream.judges.encoder_fit import RECIPES
+from evalstream.judges.encoder_train import main, parse_views
 from evalstream.judges.rules_fit import expected_calibration_error, is_held_out
 from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat, Tier
 
