@@ -56,16 +56,23 @@ settings is dropped (the gauges come back once the windows fill again).
 
 from __future__ import annotations
 
-import base64
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from datasketches import kll_floats_sketch
-
 from evalstream.exporter.drift_stats import DEFAULT_BINS, Comparison, compare_counts, compare_sketches
+from evalstream.exporter.drift_windows import (
+    Aggregate,
+    Feature,
+    FeatureKey,
+    Reference,
+    Series,
+    SeriesKey,
+    floor,
+    merged,
+    sketch_from,
+)
 from evalstream.v1 import summary_pb2
 from evalstream.wire.dimensions import Dimension, EmbeddingStat, RefusalLabel
 
@@ -118,18 +125,6 @@ SPECS: Final = (
 )
 
 
-class Feature(StrEnum):
-    RESPONSE_CHARS = "response_chars"
-    SCORE = "score"
-    REFUSAL_RATE = "refusal_rate"
-    EMBEDDING = "embedding"
-
-
-class Reference(StrEnum):
-    TRAILING = "trailing"
-    PINNED = "pinned"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DriftConfig:
     """Windows and statistics of drift; seconds are multiples of a minute (the summaries' window)."""
@@ -163,115 +158,6 @@ class DriftConfig:
             raise ValueError("drift settings: " + "; ".join(problems))
 
 
-# --- windows ---------------------------------------------------------------------------------------
-
-FeatureKey = tuple[str, str]  # (feature, dimension)
-SeriesKey = tuple[str, str]  # (model, route)
-GaugeKey = tuple[str, str, str, str]  # (model, route, feature, dimension)
-
-
-def _sketch_from(raw: bytes) -> Any:
-    return kll_floats_sketch.deserialize(raw)
-
-
-def _copy(sketch: Any) -> Any:
-    out = kll_floats_sketch(sketch.k)
-    out.merge(sketch)
-    return out
-
-
-class _Aggregate:
-    """Sketches and category counts per feature, for one bucket (or a merge of buckets)."""
-
-    __slots__ = ("_json", "counts", "sketches")
-
-    def __init__(self) -> None:
-        self.sketches: dict[FeatureKey, Any] = {}
-        self.counts: dict[FeatureKey, Counter[str]] = {}
-        self._json: dict[str, Any] | None = None
-
-    def add_sketch(self, key: FeatureKey, sketch: Any, *, owned: bool = False) -> None:
-        mine = self.sketches.get(key)
-        if mine is None:
-            self.sketches[key] = sketch if owned else _copy(sketch)
-        else:
-            mine.merge(sketch)
-        self._json = None
-
-    def add_counts(self, key: FeatureKey, counts: Mapping[str, float]) -> None:
-        self.counts.setdefault(key, Counter()).update(counts)
-        self._json = None
-
-    def merge(self, other: _Aggregate) -> None:
-        for key, sketch in other.sketches.items():
-            self.add_sketch(key, sketch)
-        for key, counts in other.counts.items():
-            self.add_counts(key, counts)
-
-    def n(self, key: FeatureKey) -> float:
-        if key[0] == Feature.REFUSAL_RATE:
-            return float(sum(self.counts.get(key, {}).values()))
-        sketch = self.sketches.get(key)
-        return 0.0 if sketch is None else float(sketch.n)
-
-    def keys(self) -> set[FeatureKey]:
-        return set(self.sketches) | set(self.counts)
-
-    def to_json(self) -> dict[str, Any]:
-        if self._json is None:  # cached: most buckets do not change between two saves
-            self._json = {
-                "sketches": [
-                    [f, d, base64.b64encode(s.serialize()).decode()] for (f, d), s in self.sketches.items()
-                ],
-                "counts": [[f, d, dict(c)] for (f, d), c in self.counts.items()],
-            }
-        return self._json
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> _Aggregate:
-        agg = cls()
-        for f, d, raw in doc["sketches"]:
-            agg.sketches[(str(f), str(d))] = _sketch_from(base64.b64decode(raw))
-        for f, d, counts in doc["counts"]:
-            agg.counts[(str(f), str(d))] = Counter({str(k): float(v) for k, v in counts.items()})
-        return agg
-
-
-def _merged(aggregates: Iterable[_Aggregate]) -> _Aggregate:
-    out = _Aggregate()
-    for agg in aggregates:
-        out.merge(agg)
-    return out
-
-
-class _Series:
-    """One model and route: current buckets, and trailing buckets or a pinned baseline."""
-
-    __slots__ = ("_reference", "baseline", "baseline_start", "coarse", "fine")
-
-    def __init__(self) -> None:
-        self.fine: dict[int, _Aggregate] = {}
-        self.coarse: dict[int, _Aggregate] = {}
-        self.baseline: _Aggregate | None = None
-        self.baseline_start: int | None = None
-        self._reference: _Aggregate | None = None  # cache of the merged reference
-
-    def reference(self, mode: Reference) -> _Aggregate:
-        if self._reference is None:
-            if mode is Reference.PINNED:
-                self._reference = self.baseline or _Aggregate()
-            else:
-                self._reference = _merged(self.coarse.values())
-        return self._reference
-
-    def reference_changed(self) -> None:
-        self._reference = None
-
-
-def _floor(seconds: int, step: int) -> int:
-    return seconds - seconds % step
-
-
 class DriftTracker:
     """Keeps the windows per (model, route) and writes the drift gauges into ``totals``.
 
@@ -282,7 +168,7 @@ class DriftTracker:
     def __init__(self, config: DriftConfig, totals: Totals, state: Mapping[str, Any] | None = None) -> None:
         self._config = config
         self._totals = totals
-        self._series: dict[SeriesKey, _Series] = {}
+        self._series: dict[SeriesKey, Series] = {}
         self._watermark = 0
         self._dirty: set[SeriesKey] = set()
         if state is not None and state.get("config") == self._config_json():
@@ -303,11 +189,11 @@ class DriftTracker:
 
     def _current_start(self) -> int:
         c = self._config
-        return _floor(self._watermark, c.bucket_s) - c.current_s + c.bucket_s
+        return floor(self._watermark, c.bucket_s) - c.current_s + c.bucket_s
 
     def _trailing_start(self) -> int:
         c = self._config
-        return _floor(self._current_start() - c.reference_s, c.reference_bucket_s)
+        return floor(self._current_start() - c.reference_s, c.reference_bucket_s)
 
     def _advance(self, watermark: int) -> None:
         before = self._current_start()
@@ -322,7 +208,7 @@ class DriftTracker:
             for start in [s for s in series.fine if s < current_start]:
                 agg = series.fine.pop(start)
                 if c.reference is Reference.TRAILING and start >= trailing_start:
-                    series.coarse.setdefault(_floor(start, c.reference_bucket_s), _Aggregate()).merge(agg)
+                    series.coarse.setdefault(floor(start, c.reference_bucket_s), Aggregate()).merge(agg)
             for start in [s for s in series.coarse if s < trailing_start]:
                 del series.coarse[start]
             series.reference_changed()
@@ -337,16 +223,16 @@ class DriftTracker:
         try:
             if not summary.dimension:
                 if summary.response_chars_sketch:
-                    sketch = _sketch_from(summary.response_chars_sketch)
+                    sketch = sketch_from(summary.response_chars_sketch)
                     facts.append(((Feature.RESPONSE_CHARS.value, ""), sketch, None))
                 for name, raw in sorted(summary.response_stat_sketches.items()):
                     if name not in _STATISTICS:
                         self._totals.inc(SKIPPED, ("unknown_statistic",))
                     elif raw:
-                        facts.append(((Feature.EMBEDDING.value, name), _sketch_from(raw), None))
+                        facts.append(((Feature.EMBEDDING.value, name), sketch_from(raw), None))
             else:
                 if summary.score_sketch:
-                    sketch = _sketch_from(summary.score_sketch)
+                    sketch = sketch_from(summary.score_sketch)
                     facts.append(((Feature.SCORE.value, dimension), sketch, None))
                 if summary.dimension == Dimension.REFUSAL and summary.label_counts:
                     refused = sum(n for label, n in summary.label_counts.items() if label in REFUSING)
@@ -368,21 +254,21 @@ class DriftTracker:
         key = (model, route)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series()
-        targets: list[_Aggregate] = []
+            series = self._series[key] = Series()
+        targets: list[Aggregate] = []
         if c.reference is Reference.PINNED:
             if series.baseline_start is None:
                 series.baseline_start = c.baseline_start if c.baseline_start is not None else minute
             if series.baseline_start <= minute < series.baseline_start + c.reference_s:
                 if series.baseline is None:
-                    series.baseline = _Aggregate()
+                    series.baseline = Aggregate()
                 targets.append(series.baseline)
                 series.reference_changed()
         current_start = self._current_start()
         if minute >= current_start:
-            targets.append(series.fine.setdefault(_floor(minute, c.bucket_s), _Aggregate()))
+            targets.append(series.fine.setdefault(floor(minute, c.bucket_s), Aggregate()))
         elif c.reference is Reference.TRAILING and minute >= self._trailing_start():
-            targets.append(series.coarse.setdefault(_floor(minute, c.reference_bucket_s), _Aggregate()))
+            targets.append(series.coarse.setdefault(floor(minute, c.reference_bucket_s), Aggregate()))
             series.reference_changed()
         if not targets:
             self._totals.inc(SKIPPED, ("late",))
@@ -402,7 +288,7 @@ class DriftTracker:
         series = self._series.get((model, route))
         if series is None:
             return {}
-        current = _merged(series.fine.values())
+        current = merged(series.fine.values())
         reference = series.reference(self._config.reference)
         out: dict[FeatureKey, Comparison] = {}
         for key in sorted(current.keys() & reference.keys()):
@@ -463,10 +349,10 @@ class DriftTracker:
         self._watermark = int(state["watermark"])
         self._dirty = {(str(model), str(route)) for model, route in state["unpublished"]}
         for doc in state["series"]:
-            series = _Series()
+            series = Series()
             series.baseline_start = None if doc["baseline_start"] is None else int(doc["baseline_start"])
             if doc["baseline"] is not None:
-                series.baseline = _Aggregate.from_json(doc["baseline"])
-            series.fine = {int(start): _Aggregate.from_json(agg) for start, agg in doc["fine"]}
-            series.coarse = {int(start): _Aggregate.from_json(agg) for start, agg in doc["coarse"]}
+                series.baseline = Aggregate.from_json(doc["baseline"])
+            series.fine = {int(start): Aggregate.from_json(agg) for start, agg in doc["fine"]}
+            series.coarse = {int(start): Aggregate.from_json(agg) for start, agg in doc["coarse"]}
             self._series[(str(doc["model"]), str(doc["route"]))] = series
