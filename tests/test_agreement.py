@@ -15,12 +15,8 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from evalstream.evaluation.statistics import kappa_with_ci
-from evalstream.exporter.agreement import (
-    AgreementConfig,
-    AgreementTracker,
-    VerdictDimension,
-    scores,
-)
+from evalstream.exporter.agreement import AgreementConfig, AgreementTracker, VerdictDimension
+from evalstream.exporter.agreement_scores import scores
 from evalstream.exporter.core import SPECS, ExporterCore, Outcome, Stream
 from evalstream.exporter.guarantee import GuaranteeTarget, agreement_lower_bound
 from evalstream.exporter.totals import Totals

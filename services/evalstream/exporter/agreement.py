@@ -44,9 +44,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
-from scipy.stats import binomtest
-
-from evalstream.evaluation.statistics import kappa_with_ci
+from evalstream.exporter.agreement_scores import scores
 from evalstream.wire.dimensions import Dimension
 from evalstream.wire.labels import HumanLabelIn
 
@@ -67,10 +65,8 @@ __all__ = [
     "AgreementConfig",
     "AgreementTracker",
     "JoinOutcome",
-    "Scores",
     "Side",
     "VerdictDimension",
-    "scores",
 ]
 
 #: The ``tier`` value of scores over every deciding tier (the cascade as a whole).
@@ -158,40 +154,6 @@ class VerdictDimension(NamedTuple):
     tier: str  # label value of the deciding tier
     label: str
     audited: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scores:
-    pairs: int
-    accuracy: float
-    accuracy_low: float
-    accuracy_high: float
-    kappa: float | None  # None where undefined (one label only)
-    kappa_low: float | None
-    kappa_high: float | None
-
-
-def scores(
-    pairs: Sequence[tuple[str, str]], *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
-) -> Scores:
-    """Accuracy (Wilson interval) and Cohen's kappa (bootstrap interval) of (human, judge) pairs."""
-    if not pairs:
-        raise ValueError("scores needs at least one (human, judge) pair")
-    ordered = sorted(pairs)
-    truth = [t for t, _ in ordered]
-    pred = [p for _, p in ordered]
-    matches = sum(t == p for t, p in ordered)
-    interval = binomtest(matches, len(ordered)).proportion_ci(confidence_level=confidence, method="wilson")
-    kappa, low, high = kappa_with_ci(truth, pred, confidence=confidence, n_resamples=resamples, seed=seed)
-    return Scores(
-        pairs=len(ordered),
-        accuracy=matches / len(ordered),
-        accuracy_low=float(interval.low),
-        accuracy_high=float(interval.high),
-        kappa=kappa,
-        kappa_low=low,
-        kappa_high=high,
-    )
 
 
 class _Waiting:
