@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Final
 import httpx
 import yaml
 
-from evalstream.local.supervisor import HttpServerProcess
+from evalstream.local.http_process import HttpServerProcess
 
 __all__ = ["ALERTMANAGER_BINARIES", "AlertmanagerError", "AlertmanagerServer", "find_binary", "render_config"]
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Final
 import httpx
 import yaml
 
-from evalstream.local.supervisor import HttpServerProcess
+from evalstream.local.http_process import HttpServerProcess
 from evalstream.runtime.paths import DEPLOY_DIR
 
 __all__ = [
