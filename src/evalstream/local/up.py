@@ -42,7 +42,7 @@ from evalstream.runtime.settings import KafkaSettings
 from evalstream.wire.dimensions import Tier
 from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
-__all__ = ["STOP_SIGNALS", "Output", "Stack", "StackOptions", "up"]
+__all__ = ["STOP_SIGNALS", "Stack", "StackOptions", "up"]
 
 log = logging.getLogger(__name__)
 
