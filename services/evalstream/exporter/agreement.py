@@ -44,10 +44,10 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
-from evalstream.exporter.agreement_scores import scores
 from evalstream.wire.dimensions import Dimension
 from evalstream.wire.labels import HumanLabelIn
 
+from .agreement_scores import scores
 from .guarantee import (
     CALIBRATED,
     LOWER_BOUND,

@@ -61,8 +61,11 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from evalstream.exporter.drift_stats import DEFAULT_BINS, Comparison, compare_counts, compare_sketches
-from evalstream.exporter.drift_windows import (
+from evalstream.v1 import summary_pb2
+from evalstream.wire.dimensions import Dimension, EmbeddingStat, RefusalLabel
+
+from .drift_stats import DEFAULT_BINS, Comparison, compare_counts, compare_sketches
+from .drift_windows import (
     Aggregate,
     Feature,
     FeatureKey,
@@ -73,9 +76,6 @@ from evalstream.exporter.drift_windows import (
     merged,
     sketch_from,
 )
-from evalstream.v1 import summary_pb2
-from evalstream.wire.dimensions import Dimension, EmbeddingStat, RefusalLabel
-
 from .labels import LabelName
 from .totals import Kind, MetricSpec, Totals
 

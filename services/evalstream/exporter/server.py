@@ -23,11 +23,11 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
-from evalstream.exporter.consumer import Exporter, ExporterError
 from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags, pairs
 from evalstream.runtime.ready import EXPORTER_READY
 from evalstream.runtime.settings import KafkaSettings
 
+from .consumer import Exporter, ExporterError
 from .labels import LabelName
 from .settings import ExporterSettings
 from .state import StateError

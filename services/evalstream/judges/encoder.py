@@ -59,7 +59,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from evalstream.judges.embedding import (
+from evalstream.wire.dimensions import Tier
+
+from .base import ItemOutcome, JudgeInput, JudgeOutput
+from .embedding import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
     Embeddings,
@@ -71,7 +74,7 @@ from evalstream.judges.embedding import (
     features,
     field_text,
 )
-from evalstream.judges.encoder_artefact import (
+from .encoder_artefact import (
     ENCODER_FILE,
     ONNX_RUNTIME,
     TOKENIZER_FILE,
@@ -82,9 +85,6 @@ from evalstream.judges.encoder_artefact import (
     load_artefact,
     resolve_model_dir,
 )
-from evalstream.wire.dimensions import Tier
-
-from .base import ItemOutcome, JudgeInput, JudgeOutput
 from .settings import JudgeServerSettings
 
 __all__ = ["EncoderJudge", "from_settings"]

@@ -20,14 +20,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from evalstream.judges.embedding import (
+from evalstream.runtime.settings import env_name
+from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat
+
+from .embedding import (
     PROFILE_VIEW,
     TextField,
     View,
 )
-from evalstream.runtime.settings import env_name
-from evalstream.wire.dimensions import LABELS, Dimension, EmbeddingStat
-
 from .settings import EncoderSettings
 
 __all__ = [

@@ -22,7 +22,6 @@ import numpy as np
 import numpy.typing as npt
 
 from evalstream.evaluation.datasets import data_root
-from evalstream.judges.encoder_examples import Examples, quality_examples, refusal_examples
 from evalstream.wire.dimensions import Dimension, EmbeddingStat
 
 from .embedding import (
@@ -55,6 +54,7 @@ from .encoder_artefact import (
     SplitInfo,
     sha256_file,
 )
+from .encoder_examples import Examples, quality_examples, refusal_examples
 from .encoder_onnx import Quantisation, prepare
 from .rules_fit import expected_calibration_error
 

@@ -53,7 +53,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalstream.judges.encoder_fit import CALIBRATIONS, CLASS_WEIGHTS, RECIPES, Recipe, train
 from evalstream.wire.dimensions import Dimension
 
 from .embedding import (
@@ -64,6 +63,7 @@ from .embedding import (
 from .encoder_artefact import (
     ArtefactMetadata,
 )
+from .encoder_fit import CALIBRATIONS, CLASS_WEIGHTS, RECIPES, Recipe, train
 from .encoder_onnx import Quantisation, SourceFileError
 
 __all__ = ["main", "parse_views"]

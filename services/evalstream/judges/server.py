@@ -37,13 +37,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
-from evalstream.judges.servicer import ExportsMetrics, JudgeServicer, ServerMetrics
 from evalstream.runtime.flags import Flag, SettingsFlags, add_settings_flags
 from evalstream.runtime.ready import JUDGE_READY, METRICS_READY
 from evalstream.v1 import judge_pb2_grpc
 
 from .base import Judge
 from .registry import UnknownJudgeError, create_judge
+from .servicer import ExportsMetrics, JudgeServicer, ServerMetrics
 from .settings import JudgeServerSettings
 
 __all__ = [
