@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from evalstream.evaluation.datasets import XSTEST_MODELS, XSTestRecord
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.options import BootstrapOption, DataDirOption, kafka_settings
 from evalstream.wire import topics
 from evalstream.wire.contract import now_utc
 from evalstream.wire.dimensions import Dimension, RefusalLabel
@@ -142,19 +143,15 @@ def label_command(
         ),
     ] = None,
     topic: Annotated[str, typer.Option(help="Kafka topic of human labels.")] = topics.LABELS,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka host:port list (default: EVALSTREAM_KAFKA_BOOTSTRAP).")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Shared data folder (default: EVALSTREAM_DATA_DIR or ../shared/data).")
-    ] = None,
+    bootstrap: BootstrapOption = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Publish human labels to Kafka, from a file or from XSTest, for the exporter's judge agreement."""
     from evalstream.evaluation.datasets import read_xstest
 
     if (file is None) == (not xstest):
         raise typer.BadParameter("give either --file PATH or --xstest --run-id RUN (not both)")
-    kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else KafkaSettings()
+    kafka = kafka_settings(bootstrap)
     now = now_utc()
     try:
         if file is not None:

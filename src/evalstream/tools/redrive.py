@@ -44,6 +44,7 @@ from evalstream.kafka.clients import KafkaEdgeError, consumer
 from evalstream.kafka.transactions import BatchWriter, Output
 from evalstream.pipeline.records import DeadReason, Stage
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.options import BootstrapOption, kafka_settings
 from evalstream.v1 import verdict_pb2
 from evalstream.wire import topics
 
@@ -198,14 +199,12 @@ def redrive_command(
     dry_run: Annotated[
         bool, typer.Option(help="Count what would be redriven; publish and commit nothing.")
     ] = False,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka host:port list (default: EVALSTREAM_KAFKA_BOOTSTRAP).")
-    ] = None,
+    bootstrap: BootstrapOption = None,
 ) -> None:
     """Publish judge-stage dead letters' events again (once each), after the judge is back."""
     from rich.console import Console
 
-    kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else KafkaSettings()
+    kafka = kafka_settings(bootstrap)
     try:
         report = redrive(
             kafka,

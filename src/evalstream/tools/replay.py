@@ -47,6 +47,7 @@ from evalstream.kafka import clients
 from evalstream.kafka.clients import KafkaEdgeError
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.runtime.tables import print_table
+from evalstream.tools.options import BootstrapOption, DataDirOption, kafka_settings
 from evalstream.tools.replay_events import (
     DEAD_LETTER_REASON,
     FAR,
@@ -319,17 +320,13 @@ def replay_command(
         Encoding, typer.Option("--format", help="Wire format of good events.")
     ] = Encoding.JSON,
     partitions: Annotated[int, typer.Option(help="Partitions when the topic is created.", min=1)] = 4,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka host:port list (default: EVALSTREAM_KAFKA_BOOTSTRAP).")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Shared data folder (default: EVALSTREAM_DATA_DIR or ../shared/data).")
-    ] = None,
+    bootstrap: BootstrapOption = None,
+    data_dir: DataDirOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Replay XSTest v2 completions into Kafka as LLM events, optionally with malformed inputs."""
     console = Console()
-    kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else KafkaSettings()
+    kafka = kafka_settings(bootstrap)
     options = ReplayOptions(
         topic=topic,
         models=tuple(m.strip() for arg in models or XSTEST_MODELS for m in arg.split(",") if m.strip()),
