@@ -38,7 +38,7 @@ from evalstream.local.servers import judge_server, replay_llm
 from evalstream.local.servers import pipeline as pipeline_process
 from evalstream.local.supervisor import ChildProcess, ChildStartError, python_module
 from evalstream.runtime.ready import METRICS_READY, UP_READY
-from evalstream.runtime.settings import KafkaSettings
+from evalstream.runtime.settings import KafkaSettings, env_name
 from evalstream.wire.dimensions import Tier
 from evalstream.wire.targets import DEFAULT_ALPHA, DEFAULT_DELTA
 
@@ -185,7 +185,7 @@ class Stack:
             ChildProcess(
                 name="replay",
                 cmd=python_module("evalstream.cli.app", *replay_args),
-                env={"EVALSTREAM_KAFKA_BOOTSTRAP": bootstrap},
+                env={env_name(KafkaSettings, "bootstrap"): bootstrap},
             )
         )
         replay.start()
@@ -209,17 +209,20 @@ class Stack:
     def _start_judges(self) -> dict[int, str]:
         """Judge servers for the chosen tiers (and what they need: the replay LLM server, the
         encoder artefact); returns tier -> gRPC address."""
+        from evalstream.judges.llm_http import LLMJudgeSettings
+        from evalstream.judges.settings import EncoderSettings
+
         opts = self.options
         judges: dict[int, str] = {}
         for tier in sorted(opts.tiers):
             env: dict[str, str] = {}
             if tier == Tier.ENCODER:
-                env["EVALSTREAM_ENCODER_MODEL_DIR"] = str(self._encoder_artefact())
+                env[env_name(EncoderSettings, "model_dir")] = str(self._encoder_artefact())
             elif tier == Tier.LLM:
                 llm = self._child(replay_llm())
                 url = llm.start()
                 self.where["LLM endpoint (replay of recorded GPT-4 verdicts)"] = url
-                env["EVALSTREAM_LLM_BASE_URL"] = url + "/v1"
+                env[env_name(LLMJudgeSettings, "base_url")] = url + "/v1"
             name = _JUDGE_NAMES[tier]
             child = self._child(judge_server(name, "--metrics-port", "0", name=f"judge-tier{tier}", env=env))
             judges[tier] = child.start(timeout=180)
