@@ -58,6 +58,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
 
+from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.judge_client import (
     JudgeClient,
     JudgeError,
@@ -104,9 +105,11 @@ class _DimState:
     cost: verdict_pb2.Cost = field(default_factory=verdict_pb2.Cost)
     decided: verdict_pb2.DimensionVerdict | None = None
     failure: tuple[DeadReason, str] | None = None
+    judgements: list[verdict_pb2.Judgement] = field(default_factory=list)  # every tier's, as asked
+    shadow: bool = False  # in the calibration sample: every tier is asked (calibration_sample.py)
 
     def next_tier(self) -> int | None:
-        if self.decided is not None or self.failure is not None:
+        if (self.decided is not None and not self.shadow) or self.failure is not None:
             return None
         done = len(self.tried)
         return self.tiers[done][0] if done < len(self.tiers) else None
@@ -154,17 +157,19 @@ def judge_batch(
     call: Call,
     now: datetime,
     probe: EmbeddingProbe | None = None,
+    sample: CalibrationSample | None = None,
 ) -> CascadeOutcome:
     """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure.
 
-    ``probe``: the embedding probe (None: off)."""
+    ``probe``: the embedding probe (None: off); ``sample``: the calibration sample (None: off)."""
     stats: list[dict[str, float]] = [{} for _ in items]
+    shadow = [sample is not None and sample.in_sample(item.event.event_id) for item in items]
     states = [
         {
-            dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers])
+            dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers], shadow=shadow[i])
             for dim, spec in cascade.dimensions.items()
         }
-        for _ in items
+        for i, _ in enumerate(items)
     ]
     calls: dict[int, int] = {}
     for tier in cascade.tiers:
@@ -219,8 +224,13 @@ def judge_batch(
                 if problem is None and judgement is None:
                     problem = (DeadReason.JUDGE_ITEM_ERROR, f"tier {tier} returned no {dim!r} judgement")
                 if problem is not None or judgement is None:
-                    if last:
+                    if last and st.decided is None:
                         st.failure = problem
+                    continue
+                judgement.tier = tier
+                st.judgements.append(judgement)
+                if st.decided is not None:  # shadow judging: recorded and paid for, the verdict stands
+                    _add_cost(st.decided.cost, judgement.cost)
                     continue
                 _add_cost(st.cost, judgement.cost)
                 threshold = st.tiers[len(st.tried) - 1][1]
@@ -279,11 +289,14 @@ def judge_batch(
             cascade_version=version,
             response_chars=len(event.response),
             response_stats=stats[index],
+            calibration_sample=shadow[index],
         )
+        for decided in verdict.dimensions:
+            decided.judgements.extend(dims[decided.dimension].judgements)
         if index in probed:
             verdict.embedding_probe.CopyFrom(probed[index])
         verdicts.append(verdict)
-        if any(d.needs_audit for d in verdict.dimensions):
+        if verdict.calibration_sample or any(d.needs_audit for d in verdict.dimensions):
             audits.append(verdict)
     return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
 
@@ -418,6 +431,7 @@ class _CascadeFn(beam.DoFn):
         in_flight: int,
         breakers: SharedBreakers | None = None,
         probe: EmbeddingProbe | None = None,
+        sample: CalibrationSample | None = None,
     ) -> None:
         missing = [t for t in cascade.tiers if t not in endpoints]
         if missing:
@@ -438,6 +452,7 @@ class _CascadeFn(beam.DoFn):
             probe = None
         self._probe = probe if probe is not None and probe.fraction > 0 else None
         self._clients: dict[int, JudgeClient] = {}
+        self._sample = sample
 
     def setup(self) -> None:
         self._stop = threading.Event()
@@ -471,6 +486,7 @@ class _CascadeFn(beam.DoFn):
             call=lambda tier, request: self._clients[tier].judge(request),
             now=self._fixed_now or datetime.now(UTC),
             probe=self._probe,
+            sample=self._sample,
         )
 
     def process(
@@ -530,10 +546,11 @@ class JudgeCascade(beam.PTransform):
         in_flight: int = 2,
         breakers: SharedBreakers | None = None,
         probe: EmbeddingProbe | None = None,
+        sample: CalibrationSample | None = None,
     ) -> None:
-        """``probe``: the embedding probe (None or fraction 0: off)."""
+        """``probe``: the embedding probe (None or fraction 0: off); ``sample``: the calibration sample."""
         super().__init__()
-        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers, probe)
+        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers, probe, sample)
         self._batch_size = batch_size
 
     def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:

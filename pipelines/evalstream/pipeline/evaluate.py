@@ -11,6 +11,7 @@ from datetime import datetime
 
 import apache_beam as beam
 
+from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe, JudgeCascade, SharedBreakers
 from evalstream.pipeline.decode import Decode, DecodeLimits
 from evalstream.pipeline.dedupe import Dedupe, SharedSeenIds
@@ -34,6 +35,8 @@ class EvaluateConfig:
     breakers: SharedBreakers | None = None
     #: The embedding probe (``cascade.py``); off without an endpoint for its tier.
     probe: EmbeddingProbe = field(default_factory=EmbeddingProbe)
+    #: Events judged by every tier and sent to the audit topic (``calibration_sample.py``).
+    calibration_sample: CalibrationSample = field(default_factory=CalibrationSample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Evaluate(beam.PTransform):
             batch_size=cfg.batch_size,
             breakers=cfg.breakers,
             probe=cfg.probe,
+            sample=cfg.calibration_sample,
         )
         dead = (decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten()
         summaries = (

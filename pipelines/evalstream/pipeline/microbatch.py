@@ -44,6 +44,7 @@ from kafka.errors import KafkaError
 
 from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, explain, fenced
 from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
+from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe, SharedBreakers
 from evalstream.pipeline.decode import DecodeLimits
 from evalstream.pipeline.dedupe import SeenIds, SharedSeenIds
@@ -243,6 +244,7 @@ class MicroBatchRunner:
             if settings.judge_breaker_failures
             else None,
             probe=EmbeddingProbe(fraction=settings.embedding_probe_fraction),
+            calibration_sample=CalibrationSample(fraction=settings.calibration_sample_fraction),
         )
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)

@@ -75,6 +75,13 @@ class PipelineSettings(BaseSettings):
     embedding_probe_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Share of sampled events in the embedding probe's sample: those tier 1 did not judge are sent to it
     for their embedding statistics only (drift; never a label). 0: off. Off without a tier-1 judge."""
+    calibration_sample_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of sampled events in the calibration sample: judged by every tier of each dimension
+    (shadow judging, counted as cost) and sent to the audit topic for human labels, for
+    ``evalstream recalibrate`` (``calibration_sample.py``). 0: off."""
+    cascade_reload_s: Annotated[float, Field(ge=0)] = 2.0
+    """Seconds between checks of the cascade config file for a new version (live reload between
+    micro-batches, ``config_watch.py``); 0: never reloaded."""
     max_event_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     """Events larger than this are dead-lettered as "oversized"."""
     max_event_age_h: Annotated[float, Field(gt=0)] = 24 * 7

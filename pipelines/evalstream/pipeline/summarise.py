@@ -152,6 +152,8 @@ def _apply(acc: _Acc, fact: Fact) -> None:
         acc.labels[dim.label] += 1
         acc.decided_by_tier[dim.deciding_tier] += 1
         acc.calls_by_tier.update(dim.tiers_tried)
+        # shadow judging of the calibration sample (calibration_sample.py): tiers asked past the decision
+        acc.calls_by_tier.update(j.tier for j in dim.judgements if j.tier not in dim.tiers_tried)
         acc.observe(dim.score)
         return
     acc.events_in += 1

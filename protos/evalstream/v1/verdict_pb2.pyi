@@ -22,7 +22,7 @@ class Cost(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., latency_ms: _Optional[float] = ..., usd: _Optional[float] = ...) -> None: ...
 
 class Judgement(_message.Message):
-    __slots__ = ("dimension", "label", "score", "confidence", "cost", "judge", "rationale", "confidence_source")
+    __slots__ = ("dimension", "label", "score", "confidence", "cost", "judge", "rationale", "confidence_source", "tier")
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Judgement(_message.Message):
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     RATIONALE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     dimension: str
     label: str
     score: float
@@ -39,10 +40,11 @@ class Judgement(_message.Message):
     judge: str
     rationale: str
     confidence_source: str
-    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence_source: _Optional[str] = ...) -> None: ...
+    tier: int
+    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., rationale: _Optional[str] = ..., confidence_source: _Optional[str] = ..., tier: _Optional[int] = ...) -> None: ...
 
 class DimensionVerdict(_message.Message):
-    __slots__ = ("dimension", "label", "score", "confidence", "deciding_tier", "tiers_tried", "cost", "judge", "needs_audit", "confidence_source")
+    __slots__ = ("dimension", "label", "score", "confidence", "deciding_tier", "tiers_tried", "cost", "judge", "needs_audit", "confidence_source", "judgements")
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,7 @@ class DimensionVerdict(_message.Message):
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     NEEDS_AUDIT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    JUDGEMENTS_FIELD_NUMBER: _ClassVar[int]
     dimension: str
     label: str
     score: float
@@ -63,10 +66,11 @@ class DimensionVerdict(_message.Message):
     judge: str
     needs_audit: bool
     confidence_source: str
-    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., deciding_tier: _Optional[int] = ..., tiers_tried: _Optional[_Iterable[int]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., needs_audit: _Optional[bool] = ..., confidence_source: _Optional[str] = ...) -> None: ...
+    judgements: _containers.RepeatedCompositeFieldContainer[Judgement]
+    def __init__(self, dimension: _Optional[str] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., confidence: _Optional[float] = ..., deciding_tier: _Optional[int] = ..., tiers_tried: _Optional[_Iterable[int]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., judge: _Optional[str] = ..., needs_audit: _Optional[bool] = ..., confidence_source: _Optional[str] = ..., judgements: _Optional[_Iterable[_Union[Judgement, _Mapping]]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("event_id", "event_time", "model", "model_version", "route", "dimensions", "sample_rate", "forced", "judged_at", "cascade_version", "response_chars", "response_stats", "embedding_probe")
+    __slots__ = ("event_id", "event_time", "model", "model_version", "route", "dimensions", "sample_rate", "forced", "judged_at", "cascade_version", "response_chars", "response_stats", "embedding_probe", "calibration_sample")
     class ResponseStatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +91,7 @@ class Verdict(_message.Message):
     RESPONSE_CHARS_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_STATS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_PROBE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     event_time: _timestamp_pb2.Timestamp
     model: str
@@ -100,7 +105,8 @@ class Verdict(_message.Message):
     response_chars: int
     response_stats: _containers.ScalarMap[str, float]
     embedding_probe: EmbeddingProbe
-    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimensions: _Optional[_Iterable[_Union[DimensionVerdict, _Mapping]]] = ..., sample_rate: _Optional[float] = ..., forced: _Optional[bool] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cascade_version: _Optional[str] = ..., response_chars: _Optional[int] = ..., response_stats: _Optional[_Mapping[str, float]] = ..., embedding_probe: _Optional[_Union[EmbeddingProbe, _Mapping]] = ...) -> None: ...
+    calibration_sample: bool
+    def __init__(self, event_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimensions: _Optional[_Iterable[_Union[DimensionVerdict, _Mapping]]] = ..., sample_rate: _Optional[float] = ..., forced: _Optional[bool] = ..., judged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cascade_version: _Optional[str] = ..., response_chars: _Optional[int] = ..., response_stats: _Optional[_Mapping[str, float]] = ..., embedding_probe: _Optional[_Union[EmbeddingProbe, _Mapping]] = ..., calibration_sample: _Optional[bool] = ...) -> None: ...
 
 class EmbeddingProbe(_message.Message):
     __slots__ = ("tier", "called", "error")
