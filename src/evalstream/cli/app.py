@@ -24,6 +24,10 @@ LAZY_COMMANDS = {
         "evalstream.tools.labels:label_command",
         "Publish human labels to Kafka, from a file or from XSTest, for the exporter's judge agreement.",
     ),
+    "recalibrate": LazyCommand(
+        "evalstream.tools.recalibrate:recalibrate_command",
+        "Refit the cascade's thresholds on human labels of the calibration sample, read from Kafka.",
+    ),
     "redrive": LazyCommand(
         "evalstream.tools.redrive:redrive_command",
         "Publish judge-stage dead letters' events again (once each), after the judge is back.",

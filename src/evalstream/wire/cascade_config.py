@@ -14,6 +14,8 @@ reaching it is audited rather than guessed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +31,10 @@ __all__ = [
     "DEFAULT_DELTA",
     "CascadeConfig",
     "DimensionCascade",
+    "OffsetRange",
+    "Provenance",
     "TierRule",
+    "content_version",
     "default_cascade",
 ]
 
@@ -84,6 +89,43 @@ class DimensionCascade(BaseModel):
         return self
 
 
+class OffsetRange(BaseModel):
+    """The records of one topic partition a recalibration read: offsets ``first`` to ``last``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: Annotated[int, Field(ge=0)]
+    first: Annotated[int, Field(ge=0)]
+    last: Annotated[int, Field(ge=-1)]  # first - 1: nothing read
+    records: Annotated[int, Field(ge=0)]
+
+
+class Provenance(BaseModel):
+    """Where a recalibrated config's thresholds come from (``evalstream recalibrate``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The config it was recalibrated from; dimensions it could not refit keep that config's rules.
+    base_version: str
+    truth_annotator: str
+    #: A label joins a verdict judged at most this long before it was labelled.
+    join_window_s: float
+    read: list[OffsetRange]
+    #: Calibration items (labelled events of the calibration sample with every tier's judgement).
+    items: dict[str, int]
+    #: What became of every label record read: joined, or the reason it was not (counted, never dropped).
+    labels: dict[str, int]
+    #: Verdict records read, those of an event id read before (the first is used), those unreadable.
+    verdicts: dict[str, int] = {}
+    #: Dimensions whose rules were kept from the base config, and why.
+    kept: dict[str, str] = {}
+    judged_from: datetime | None = None
+    judged_to: datetime | None = None
+    labelled_from: datetime | None = None
+    labelled_to: datetime | None = None
+
+
 class CascadeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,6 +135,7 @@ class CascadeConfig(BaseModel):
     delta: Annotated[float, Field(gt=0, lt=1)] | None = None  # allowed probability of missing it
     calibration_data: str = ""  # what the thresholds were fitted on
     dimensions: dict[str, DimensionCascade]
+    provenance: Provenance | None = None  # set by ``evalstream recalibrate``
 
     @classmethod
     def load(cls, path: Path) -> CascadeConfig:
@@ -109,6 +152,14 @@ class CascadeConfig(BaseModel):
     def tiers(self) -> list[int]:
         """Every tier any dimension uses, ascending."""
         return sorted({t.tier for d in self.dimensions.values() for t in d.tiers})
+
+
+def content_version(config: CascadeConfig, prefix: str = "cascade") -> str:
+    """A version derived from what the config decides (its dimensions' rules, alpha and delta), not
+    from when or where it was written: the same thresholds always give the same version."""
+    decides = config.model_dump(mode="json", include={"dimensions", "alpha", "delta"})
+    digest = hashlib.blake2b(json.dumps(decides, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return f"{prefix}-{digest}"
 
 
 def default_cascade() -> CascadeConfig:
