@@ -86,7 +86,7 @@ class Evaluate(beam.PTransform):
         summaries = (
             (sampled.unsampled, judged.verdicts, dead)
             | "ForSummary" >> beam.Flatten()
-            | ("Summarise" >> Summarise(self._batch_id))
+            | ("Summarise" >> Summarise(self._batch_id, cfg.cascade.version))
         )
         return EvaluateOutputs(
             verdicts=judged.verdicts,

@@ -12,6 +12,9 @@ this is about the process itself, so an SRE sees faults the outputs cannot show:
 ``evalstream_pipeline_judge_circuit_rejected_total{tier}``  calls the open circuit refused
 ``evalstream_pipeline_judge_circuit_transitions_total{tier,state}``, ``..._consecutive_failures{tier}``
 ``evalstream_pipeline_last_batch_timestamp_seconds``  when the last batch was committed (unix time)
+``evalstream_pipeline_cascade_reloads_total{outcome}``  cascade configs swapped in between batches
+                                                      (``loaded``) or refused (``rejected``: invalid,
+                                                      unreadable, or a tier with no judge endpoint)
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class PipelineMetrics:
         self.last_batch = Gauge(
             "evalstream_pipeline_last_batch_timestamp_seconds",
             "When the last micro-batch was committed (unix time).",
+            registry=registry,
+        )
+        self.cascade_reloads = Counter(
+            "evalstream_pipeline_cascade_reloads",
+            "Cascade config files loaded between batches (outcome loaded) or refused (outcome rejected).",
+            ["outcome"],
             registry=registry,
         )
         if breakers is not None:

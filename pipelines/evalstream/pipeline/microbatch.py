@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, expl
 from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe, SharedBreakers
+from evalstream.pipeline.config_watch import CascadeWatch
 from evalstream.pipeline.decode import DecodeLimits
 from evalstream.pipeline.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipeline.evaluate import Evaluate, EvaluateConfig
@@ -192,6 +193,7 @@ class RunStats:
     first_batch_at: float | None = None  # monotonic time the first batch began processing
     last_batch_done_at: float | None = None  # ... and the last batch's transaction committed
     retries: int = 0  # batches whose write failed and were read again
+    reloads: int = 0  # cascade configs swapped in between batches
     beam_s: float = 0.0  # time spent inside the Beam pipeline
     write_s: float = 0.0  # time spent producing outputs and committing
 
@@ -245,6 +247,17 @@ class MicroBatchRunner:
             else None,
             probe=EmbeddingProbe(fraction=settings.embedding_probe_fraction),
             calibration_sample=CalibrationSample(fraction=settings.calibration_sample_fraction),
+        )
+        #: Live reload of the cascade config between batches (``config_watch.py``); None: no file.
+        self.watch = (
+            CascadeWatch(
+                settings.cascade_config,
+                cascade,
+                endpoints=self.config.endpoints,
+                interval_s=settings.cascade_reload_s,
+            )
+            if settings.cascade_config
+            else None
         )
         self.stats = RunStats()
         self._seen = SeenIds(settings.dedupe_window)
@@ -358,6 +371,23 @@ class MicroBatchRunner:
         st.audits += len(result.audit)
         return result
 
+    def _reload(self) -> None:
+        """Between batches: swap in a new cascade config if its file has one (``config_watch.py``)."""
+        if self.watch is None:
+            return
+        rejected = self.watch.rejected
+        new = self.watch.poll()
+        if self.metrics is not None and self.watch.rejected > rejected:
+            self.metrics.cascade_reloads.labels(outcome="rejected").inc(self.watch.rejected - rejected)
+        if new is None:
+            return
+        old = self.config.cascade.version
+        self.config = replace(self.config, cascade=new)
+        self.stats.reloads += 1
+        if self.metrics is not None:
+            self.metrics.cascade_reloads.labels(outcome="loaded").inc()
+        log.info("cascade config reloaded: version %s replaces %s from the next batch on", new.version, old)
+
     def run(self) -> RunStats:
         """Batch after batch until stopped (or idle, with ``exit_when_idle_s``). Raises ``FencedError``
         when a newer instance with the same transactional id took over."""
@@ -377,6 +407,7 @@ class MicroBatchRunner:
                 writer.transactional_id,
             )
             while not self._stop.is_set():
+                self._reload()
                 try:
                     messages = self._poll_batch(consumer)
                 except KafkaError as exc:

@@ -179,9 +179,10 @@ def _apply(acc: _Acc, fact: Fact) -> None:
         acc.reasons[element.error_type] += 1
 
 
-def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str) -> summary_pb2.Summary:
+def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str, cascade_version: str = "") -> summary_pb2.Summary:
     summary = summary_pb2.Summary(
         batch_id=batch_id,
+        cascade_version=cascade_version,
         model=key.model,
         model_version=key.model_version,
         route=key.route,
@@ -220,13 +221,18 @@ def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str) -> summary_pb2.Summar
     return summary
 
 
-def summaries_from(elements: Iterable[object], batch_id: str) -> list[summary_pb2.Summary]:
+def summaries_from(
+    elements: Iterable[object], batch_id: str, cascade_version: str = ""
+) -> list[summary_pb2.Summary]:
     """The pure form of ``Summarise``: the same summaries from a plain iterable (tests, backfill)."""
     accs: dict[SummaryKey, _Acc] = {}
     for element in elements:
         for key, fact in _facts(element):
             _apply(accs.setdefault(key, _Acc()), fact)
-    return [_to_summary(k, a, batch_id) for k, a in sorted(accs.items(), key=lambda kv: _sort_key(kv[0]))]
+    return [
+        _to_summary(k, a, batch_id, cascade_version)
+        for k, a in sorted(accs.items(), key=lambda kv: _sort_key(kv[0]))
+    ]
 
 
 def _sort_key(key: SummaryKey) -> tuple[str, str, str, str, int]:
@@ -254,15 +260,17 @@ class _MergeAcc(beam.CombineFn):
 class Summarise(beam.PTransform):
     """Flattened (unsampled events, verdicts, dead letters) -> Summary partials for one batch."""
 
-    def __init__(self, batch_id: str) -> None:
+    def __init__(self, batch_id: str, cascade_version: str = "") -> None:
         super().__init__()
         self._batch_id = batch_id
+        self._cascade_version = cascade_version
 
     def expand(self, elements: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
-        batch_id = self._batch_id
+        batch_id, version = self._batch_id, self._cascade_version
         return (
             elements
             | "Facts" >> beam.FlatMap(lambda element: ((tuple(k), f) for k, f in _facts(element)))
             | "MergePerKey" >> beam.CombinePerKey(_MergeAcc())
-            | "ToSummary" >> beam.MapTuple(lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id))
+            | "ToSummary"
+            >> beam.MapTuple(lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id, version))
         )

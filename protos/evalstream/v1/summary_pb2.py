@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65valstream/v1/summary.proto\x12\revalstream.v1\"\x96\t\n\x07Summary\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\t\x12\x19\n\x11window_start_unix\x18\x06 \x01(\x03\x12\x11\n\tevents_in\x18\x07 \x01(\x04\x12\x11\n\tunsampled\x18\x08 \x01(\x04\x12\x0e\n\x06judged\x18\t \x01(\x04\x12\x15\n\rdead_lettered\x18\n \x01(\x04\x12J\n\x13\x64\x65\x61\x64_letter_reasons\x18\x0b \x03(\x0b\x32-.evalstream.v1.Summary.DeadLetterReasonsEntry\x12\x12\n\nduplicates\x18\x0c \x01(\x04\x12=\n\x0clabel_counts\x18\r \x03(\x0b\x32\'.evalstream.v1.Summary.LabelCountsEntry\x12\x11\n\tscore_sum\x18\x0e \x01(\x01\x12\x14\n\x0cscore_sq_sum\x18\x0f \x01(\x01\x12\x16\n\x0e\x63onfidence_sum\x18\x10 \x01(\x01\x12\x0e\n\x06\x61udits\x18\x11 \x01(\x04\x12\x42\n\x0f\x64\x65\x63ided_by_tier\x18\x12 \x03(\x0b\x32).evalstream.v1.Summary.DecidedByTierEntry\x12>\n\rcalls_by_tier\x18\x13 \x03(\x0b\x32\'.evalstream.v1.Summary.CallsByTierEntry\x12\x14\n\x0cinput_tokens\x18\x14 \x01(\x04\x12\x15\n\routput_tokens\x18\x15 \x01(\x04\x12\x1c\n\x14judge_latency_ms_sum\x18\x16 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x17 \x01(\x01\x12\x1a\n\x12response_chars_sum\x18\x18 \x01(\x01\x12\x1d\n\x15response_chars_sketch\x18\x19 \x01(\x0c\x12\x14\n\x0cscore_sketch\x18\x1a \x01(\x0c\x12P\n\x16response_stat_sketches\x18\x1b \x03(\x0b\x32\x30.evalstream.v1.Summary.ResponseStatSketchesEntry\x12\x1e\n\x16\x65mbedding_probe_events\x18\x1c \x01(\x04\x12 \n\x18\x65mbedding_probe_failures\x18\x1d \x01(\x04\x1a\x38\n\x16\x44\x65\x61\x64LetterReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x44\x65\x63idedByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x43\x61llsByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a;\n\x19ResponseStatSketchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65valstream/v1/summary.proto\x12\revalstream.v1\"\xaf\t\n\x07Summary\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05route\x18\x04 \x01(\t\x12\x11\n\tdimension\x18\x05 \x01(\t\x12\x19\n\x11window_start_unix\x18\x06 \x01(\x03\x12\x11\n\tevents_in\x18\x07 \x01(\x04\x12\x11\n\tunsampled\x18\x08 \x01(\x04\x12\x0e\n\x06judged\x18\t \x01(\x04\x12\x15\n\rdead_lettered\x18\n \x01(\x04\x12J\n\x13\x64\x65\x61\x64_letter_reasons\x18\x0b \x03(\x0b\x32-.evalstream.v1.Summary.DeadLetterReasonsEntry\x12\x12\n\nduplicates\x18\x0c \x01(\x04\x12=\n\x0clabel_counts\x18\r \x03(\x0b\x32\'.evalstream.v1.Summary.LabelCountsEntry\x12\x11\n\tscore_sum\x18\x0e \x01(\x01\x12\x14\n\x0cscore_sq_sum\x18\x0f \x01(\x01\x12\x16\n\x0e\x63onfidence_sum\x18\x10 \x01(\x01\x12\x0e\n\x06\x61udits\x18\x11 \x01(\x04\x12\x42\n\x0f\x64\x65\x63ided_by_tier\x18\x12 \x03(\x0b\x32).evalstream.v1.Summary.DecidedByTierEntry\x12>\n\rcalls_by_tier\x18\x13 \x03(\x0b\x32\'.evalstream.v1.Summary.CallsByTierEntry\x12\x14\n\x0cinput_tokens\x18\x14 \x01(\x04\x12\x15\n\routput_tokens\x18\x15 \x01(\x04\x12\x1c\n\x14judge_latency_ms_sum\x18\x16 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x17 \x01(\x01\x12\x1a\n\x12response_chars_sum\x18\x18 \x01(\x01\x12\x1d\n\x15response_chars_sketch\x18\x19 \x01(\x0c\x12\x14\n\x0cscore_sketch\x18\x1a \x01(\x0c\x12P\n\x16response_stat_sketches\x18\x1b \x03(\x0b\x32\x30.evalstream.v1.Summary.ResponseStatSketchesEntry\x12\x1e\n\x16\x65mbedding_probe_events\x18\x1c \x01(\x04\x12 \n\x18\x65mbedding_probe_failures\x18\x1d \x01(\x04\x12\x17\n\x0f\x63\x61scade_version\x18\x1e \x01(\t\x1a\x38\n\x16\x44\x65\x61\x64LetterReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x44\x65\x63idedByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x43\x61llsByTierEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a;\n\x19ResponseStatSketchesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._loaded_options = None
   _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._serialized_options = b'8\001'
   _globals['_SUMMARY']._serialized_start=47
-  _globals['_SUMMARY']._serialized_end=1221
-  _globals['_SUMMARY_DEADLETTERREASONSENTRY']._serialized_start=946
-  _globals['_SUMMARY_DEADLETTERREASONSENTRY']._serialized_end=1002
-  _globals['_SUMMARY_LABELCOUNTSENTRY']._serialized_start=1004
-  _globals['_SUMMARY_LABELCOUNTSENTRY']._serialized_end=1054
-  _globals['_SUMMARY_DECIDEDBYTIERENTRY']._serialized_start=1056
-  _globals['_SUMMARY_DECIDEDBYTIERENTRY']._serialized_end=1108
-  _globals['_SUMMARY_CALLSBYTIERENTRY']._serialized_start=1110
-  _globals['_SUMMARY_CALLSBYTIERENTRY']._serialized_end=1160
-  _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._serialized_start=1162
-  _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._serialized_end=1221
+  _globals['_SUMMARY']._serialized_end=1246
+  _globals['_SUMMARY_DEADLETTERREASONSENTRY']._serialized_start=971
+  _globals['_SUMMARY_DEADLETTERREASONSENTRY']._serialized_end=1027
+  _globals['_SUMMARY_LABELCOUNTSENTRY']._serialized_start=1029
+  _globals['_SUMMARY_LABELCOUNTSENTRY']._serialized_end=1079
+  _globals['_SUMMARY_DECIDEDBYTIERENTRY']._serialized_start=1081
+  _globals['_SUMMARY_DECIDEDBYTIERENTRY']._serialized_end=1133
+  _globals['_SUMMARY_CALLSBYTIERENTRY']._serialized_start=1135
+  _globals['_SUMMARY_CALLSBYTIERENTRY']._serialized_end=1185
+  _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._serialized_start=1187
+  _globals['_SUMMARY_RESPONSESTATSKETCHESENTRY']._serialized_end=1246
 # @@protoc_insertion_point(module_scope)

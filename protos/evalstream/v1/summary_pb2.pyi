@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Summary(_message.Message):
-    __slots__ = ("batch_id", "model", "model_version", "route", "dimension", "window_start_unix", "events_in", "unsampled", "judged", "dead_lettered", "dead_letter_reasons", "duplicates", "label_counts", "score_sum", "score_sq_sum", "confidence_sum", "audits", "decided_by_tier", "calls_by_tier", "input_tokens", "output_tokens", "judge_latency_ms_sum", "cost_usd", "response_chars_sum", "response_chars_sketch", "score_sketch", "response_stat_sketches", "embedding_probe_events", "embedding_probe_failures")
+    __slots__ = ("batch_id", "model", "model_version", "route", "dimension", "window_start_unix", "events_in", "unsampled", "judged", "dead_lettered", "dead_letter_reasons", "duplicates", "label_counts", "score_sum", "score_sq_sum", "confidence_sum", "audits", "decided_by_tier", "calls_by_tier", "input_tokens", "output_tokens", "judge_latency_ms_sum", "cost_usd", "response_chars_sum", "response_chars_sketch", "score_sketch", "response_stat_sketches", "embedding_probe_events", "embedding_probe_failures", "cascade_version")
     class DeadLetterReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Summary(_message.Message):
     RESPONSE_STAT_SKETCHES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_PROBE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_PROBE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_VERSION_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     model: str
     model_version: str
@@ -101,4 +102,5 @@ class Summary(_message.Message):
     response_stat_sketches: _containers.ScalarMap[str, bytes]
     embedding_probe_events: int
     embedding_probe_failures: int
-    def __init__(self, batch_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimension: _Optional[str] = ..., window_start_unix: _Optional[int] = ..., events_in: _Optional[int] = ..., unsampled: _Optional[int] = ..., judged: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., dead_letter_reasons: _Optional[_Mapping[str, int]] = ..., duplicates: _Optional[int] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., score_sum: _Optional[float] = ..., score_sq_sum: _Optional[float] = ..., confidence_sum: _Optional[float] = ..., audits: _Optional[int] = ..., decided_by_tier: _Optional[_Mapping[int, int]] = ..., calls_by_tier: _Optional[_Mapping[int, int]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., judge_latency_ms_sum: _Optional[float] = ..., cost_usd: _Optional[float] = ..., response_chars_sum: _Optional[float] = ..., response_chars_sketch: _Optional[bytes] = ..., score_sketch: _Optional[bytes] = ..., response_stat_sketches: _Optional[_Mapping[str, bytes]] = ..., embedding_probe_events: _Optional[int] = ..., embedding_probe_failures: _Optional[int] = ...) -> None: ...
+    cascade_version: str
+    def __init__(self, batch_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., route: _Optional[str] = ..., dimension: _Optional[str] = ..., window_start_unix: _Optional[int] = ..., events_in: _Optional[int] = ..., unsampled: _Optional[int] = ..., judged: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., dead_letter_reasons: _Optional[_Mapping[str, int]] = ..., duplicates: _Optional[int] = ..., label_counts: _Optional[_Mapping[str, int]] = ..., score_sum: _Optional[float] = ..., score_sq_sum: _Optional[float] = ..., confidence_sum: _Optional[float] = ..., audits: _Optional[int] = ..., decided_by_tier: _Optional[_Mapping[int, int]] = ..., calls_by_tier: _Optional[_Mapping[int, int]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., judge_latency_ms_sum: _Optional[float] = ..., cost_usd: _Optional[float] = ..., response_chars_sum: _Optional[float] = ..., response_chars_sketch: _Optional[bytes] = ..., score_sketch: _Optional[bytes] = ..., response_stat_sketches: _Optional[_Mapping[str, bytes]] = ..., embedding_probe_events: _Optional[int] = ..., embedding_probe_failures: _Optional[int] = ..., cascade_version: _Optional[str] = ...) -> None: ...
