@@ -381,3 +381,50 @@ def test_guarantee_series_are_replaced_when_the_config_changes_across_a_restart(
     ExporterCore(registry3, state=saved, agreement=AgreementConfig(resamples=50)).publish()
     samples = [line for line in generate_latest(registry3).decode().splitlines() if not line.startswith("#")]
     assert [line for line in samples if line.startswith("evalstream_guarantee")] == []
+
+
+def test_guarantee_window_starts_afresh_on_a_new_cascade_version_and_survives_a_restart():
+    registry = CollectorRegistry()
+    core = ExporterCore(
+        registry, agreement=AgreementConfig(resamples=50), guarantee=GuaranteeTarget.from_config(_config())
+    )
+
+    def send(i: int, refusal: str, human: str, version: str) -> None:
+        verdict = _verdict(f"e{i}", refusal)
+        verdict.cascade_version = version
+        core.apply_bytes(Stream.VERDICTS, verdict.SerializeToString(), 1_000 + i)
+        core.apply_bytes(Stream.LABELS, encode_label(label(f"e{i}", human)), 1_000 + i)
+
+    for i in range(200):  # the old thresholds: 70% agreement
+        send(i, "full_refusal", "full_refusal" if i % 10 < 7 else "full_compliance", "old")
+    core.publish()
+    value = registry.get_sample_value
+    assert value("evalstream_guarantee_window_pairs", {"dimension": "refusal"}) == 200
+    assert value("evalstream_guarantee_agreement_lower_bound", {"dimension": "refusal"}) < 0.8
+    assert value("evalstream_guarantee_cascade_version", {"cascade_version": "old"}) == 1.0
+    for i in range(200, 230):  # the reloaded config: all agree; old verdicts still arriving are not scored
+        send(i, "full_refusal", "full_refusal", "new")
+        send(1000 + i, "full_refusal", "full_compliance", "old")
+    core.publish()
+    assert value("evalstream_guarantee_window_pairs", {"dimension": "refusal"}) == 30
+    assert value("evalstream_guarantee_agreement_lower_bound", {"dimension": "refusal"}) == pytest.approx(
+        agreement_lower_bound(30, 30, 0.1)
+    )
+    assert value("evalstream_guarantee_cascade_version", {"cascade_version": "old"}) is None
+    assert value("evalstream_cascade_verdicts_total", {"cascade_version": "old"}) == 230
+    assert value("evalstream_cascade_verdicts_total", {"cascade_version": "new"}) == 30
+    # the judge-agreement window still holds every version's pairs
+    assert value("evalstream_judge_agreement_window_pairs", {"dimension": "refusal", "tier": "all"}) == 260
+    saved = json.loads(json.dumps(core.state()))
+    registry2 = CollectorRegistry()
+    again = ExporterCore(
+        registry2,
+        state=saved,
+        agreement=AgreementConfig(resamples=50),
+        guarantee=GuaranteeTarget.from_config(_config()),
+    )
+    again.publish()
+    assert registry2.get_sample_value("evalstream_guarantee_window_pairs", {"dimension": "refusal"}) == 30
+    assert (
+        registry2.get_sample_value("evalstream_guarantee_cascade_version", {"cascade_version": "new"}) == 1.0
+    )

@@ -14,7 +14,7 @@ import pytest
 
 from evalstream.local.broker import EmbeddedBroker
 from evalstream.local.supervisor import ChildProcess
-from evalstream.pipeline.config_watch import CascadeWatch
+from evalstream.runtime.config_watch import CascadeWatch
 from evalstream.v1 import summary_pb2, verdict_pb2
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 

@@ -84,6 +84,21 @@ JUDGE_TRUST = DashboardSpec(
                     min=0,
                     max=1,
                 ),
+                ts(
+                    "Verdicts per minute by cascade version",
+                    "Which cascade config judged the traffic (Verdict.cascade_version): a live reload "
+                    "shows as one version handing over to the next; the guarantee's lower bound is "
+                    "computed on the newest version's labelled verdicts only.",
+                    t(
+                        "sum by (cascade_version) (rate(evalstream_cascade_verdicts_total[5m])) * 60",
+                        "{{cascade_version}}",
+                    ),
+                    t(
+                        "evalstream_guarantee_window_pairs",
+                        "{{dimension}}: labelled verdicts of the newest version (guarantee window)",
+                    ),
+                    min=0,
+                ),
                 stat(
                     "Dimensions without human calibration",
                     "Dimensions whose cascade thresholds were not fitted on human labels (e.g. format "

@@ -46,7 +46,6 @@ from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, expl
 from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe, SharedBreakers
-from evalstream.pipeline.config_watch import CascadeWatch
 from evalstream.pipeline.decode import DecodeLimits
 from evalstream.pipeline.dedupe import SeenIds, SharedSeenIds
 from evalstream.pipeline.evaluate import Evaluate, EvaluateConfig
@@ -56,6 +55,7 @@ from evalstream.pipeline.records import KafkaRecord
 from evalstream.pipeline.sampling import SamplingConfig
 from evalstream.pipeline.settings import PipelineSettings, parse_endpoints
 from evalstream.runtime.circuit import BreakerPolicy
+from evalstream.runtime.config_watch import CascadeWatch
 from evalstream.runtime.ready import PIPELINE_READY
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.v1 import summary_pb2, verdict_pb2

@@ -50,6 +50,8 @@ from evalstream.wire.labels import HumanLabelIn
 from .agreement_scores import scores
 from .guarantee import (
     CALIBRATED,
+    GUARANTEE_PAIRS,
+    GUARANTEE_VERSION,
     LOWER_BOUND,
     TARGET,
     TIER_CALIBRATED_AGREEMENT,
@@ -71,6 +73,8 @@ __all__ = [
 
 #: The ``tier`` value of scores over every deciding tier (the cascade as a whole).
 ALL_TIERS: Final = "all"
+#: Cascade versions remembered (to tell a newer version from an older one still arriving).
+_VERSIONS_KEPT: Final = 16
 
 PAIRS: Final = "evalstream_judge_agreement_pairs_total"
 MATCHES: Final = "evalstream_judge_agreement_matches_total"
@@ -157,14 +161,18 @@ class VerdictDimension(NamedTuple):
 
 
 class _Waiting:
-    """A verdict waiting for labels: when it arrived, and its dimensions (with "paired" flags)."""
+    """A verdict waiting for labels: when it arrived, its dimensions (with "paired" flags) and the
+    cascade version that judged it."""
 
-    __slots__ = ("arrived", "dims", "paired")
+    __slots__ = ("arrived", "dims", "paired", "version")
 
-    def __init__(self, arrived: float, dims: dict[str, VerdictDimension], paired: set[str]) -> None:
+    def __init__(
+        self, arrived: float, dims: dict[str, VerdictDimension], paired: set[str], version: str = ""
+    ) -> None:
         self.arrived = arrived
         self.dims = dims
         self.paired = paired
+        self.version = version
 
 
 Label = Callable[[LabelName, str], str]
@@ -196,6 +204,11 @@ class AgreementTracker:
         self._verdict_clock = 0.0
         self._label_clock = 0.0
         self._dirty: set[tuple[str, str]] = set()
+        # The guarantee is tested on the verdicts of the newest cascade version only (a reloaded config
+        # starts a fresh window): versions in the order first seen, and per dimension whether each
+        # accepted, labelled verdict of the newest version agreed with the human.
+        self._versions: list[str] = []
+        self._guarantee_windows: dict[str, deque[bool]] = {}
         if state is not None:
             self._restore(state)
         self._set_guarantee()
@@ -204,7 +217,14 @@ class AgreementTracker:
         """The config's promises as gauges (replacing any restored with the totals: the config may
         have changed across the restart); every calibrated dimension's bound is recomputed."""
         values = self._totals.values
-        for name in (CALIBRATED, TARGET, LOWER_BOUND, TIER_CALIBRATED_AGREEMENT):
+        for name in (
+            CALIBRATED,
+            TARGET,
+            LOWER_BOUND,
+            TIER_CALIBRATED_AGREEMENT,
+            GUARANTEE_PAIRS,
+            GUARANTEE_VERSION,
+        ):
             values[name].clear()
         g = self._guarantee
         if g is None:
@@ -245,9 +265,23 @@ class AgreementTracker:
             late = arrived + ttl < self._verdict_clock
             self._count(Side.LABEL, JoinOutcome.EXPIRED if late else JoinOutcome.EVICTED)
 
-    def _pair(self, dim: VerdictDimension, human: str) -> None:
+    def _see_version(self, version: str) -> None:
+        """A verdict of ``version`` arrived; a version not seen before is the newest from now on."""
+        if version in self._versions:
+            return
+        self._versions = [*self._versions, version][-_VERSIONS_KEPT:]
+        for dimension in self._guarantee_windows:
+            self._dirty.add((dimension, ALL_TIERS))
+        self._guarantee_windows.clear()
+
+    def _pair(self, dim: VerdictDimension, human: str, version: str = "") -> None:
         dimension = self._label(LabelName.DIMENSION, dim.dimension)
         agree = float(human == dim.label)
+        if self._versions and version == self._versions[-1]:
+            window_g = self._guarantee_windows.get(dimension)
+            if window_g is None:
+                window_g = self._guarantee_windows[dimension] = deque(maxlen=self._config.window)
+            window_g.append(bool(agree))
         for tier in (dim.tier, ALL_TIERS):
             key = (dimension, tier)
             self._totals.inc(PAIRS, key)
@@ -267,13 +301,17 @@ class AgreementTracker:
         waiting.paired.add(dimension)
         if dim.audited:
             return JoinOutcome.AUDITED
-        self._pair(dim, human)
+        self._pair(dim, human, waiting.version)
         return JoinOutcome.PAIRED
 
-    def add_verdict(self, event_id: str, dims: Sequence[VerdictDimension], at_s: float) -> None:
-        """A verdict arrived (``at_s``: its Kafka time): pair it with waiting labels, or let it wait."""
+    def add_verdict(
+        self, event_id: str, dims: Sequence[VerdictDimension], at_s: float, version: str = ""
+    ) -> None:
+        """A verdict arrived (``at_s``: its Kafka time; ``version``: its cascade version): pair it
+        with waiting labels, or let it wait."""
         self._verdict_clock = max(self._verdict_clock, at_s)
-        waiting = _Waiting(at_s, {d.dimension: d for d in dims}, set())
+        self._see_version(version)
+        waiting = _Waiting(at_s, {d.dimension: d for d in dims}, set(), version)
         if self._labels:  # usually empty: labels come after their verdicts
             for dimension in Dimension:
                 held = self._labels.pop((event_id, dimension.value), None)
@@ -328,10 +366,16 @@ class AgreementTracker:
                     values[name][key] = value
             dimension, tier = key
             if tier == ALL_TIERS and dimension in self._targets and self._guarantee is not None:
-                matches = sum(human == judge for human, judge in window)
-                values[LOWER_BOUND][(dimension,)] = agreement_lower_bound(
-                    matches, len(window), self._guarantee.delta
-                )
+                newest = self._guarantee_windows.get(dimension)
+                values[LOWER_BOUND].pop((dimension,), None)
+                values[GUARANTEE_PAIRS][(dimension,)] = float(len(newest or ()))
+                if newest:
+                    values[LOWER_BOUND][(dimension,)] = agreement_lower_bound(
+                        sum(newest), len(newest), self._guarantee.delta
+                    )
+        if self._versions and self._guarantee is not None:
+            values[GUARANTEE_VERSION].clear()
+            values[GUARANTEE_VERSION][(self._label(LabelName.CASCADE_VERSION, self._versions[-1]),)] = 1.0
         self._dirty.clear()
 
     # --- state --------------------------------------------------------------------------------------
@@ -349,8 +393,13 @@ class AgreementTracker:
                         [d.dimension, d.tier, d.label, d.audited, d.dimension in w.paired]
                         for d in w.dims.values()
                     ],
+                    w.version,
                 ]
                 for event_id, w in self._verdicts.items()
+            ],
+            "versions": list(self._versions),
+            "guarantee_windows": [
+                [dim, [int(a) for a in window]] for dim, window in self._guarantee_windows.items()
             ],
             "labels": [
                 [event_id, dim, arrived, label] for (event_id, dim), (arrived, label) in self._labels.items()
@@ -364,13 +413,20 @@ class AgreementTracker:
         self._verdict_clock, self._label_clock = (float(c) for c in state["clocks"])
         # windows changed after the last publish (their gauges, restored with the totals, are older)
         self._dirty = {(str(dim), str(tier)) for dim, tier in state["unpublished"]}
-        for event_id, arrived, dims in state["verdicts"]:
+        for event_id, arrived, dims, *version in state["verdicts"]:  # version: states since recalibrate
             kept = {
                 str(d): VerdictDimension(dimension=str(d), tier=str(t), label=str(lbl), audited=bool(a))
                 for d, t, lbl, a, _ in dims
             }
             paired = {str(d) for d, _, _, _, p in dims if p}
-            self._verdicts[str(event_id)] = _Waiting(float(arrived), kept, paired)
+            self._verdicts[str(event_id)] = _Waiting(
+                float(arrived), kept, paired, str(version[0]) if version else ""
+            )
+        self._versions = [str(v) for v in state.get("versions", [])]
+        for dim, agreed in state.get("guarantee_windows", []):
+            window_g: deque[bool] = deque(maxlen=self._config.window)
+            window_g.extend(bool(a) for a in agreed)
+            self._guarantee_windows[str(dim)] = window_g
         if state["config"].get("truth_annotator") == self._config.truth_annotator:
             for event_id, dim, arrived, label in state["labels"]:
                 self._labels[(str(event_id), str(dim))] = (float(arrived), str(label))

@@ -87,6 +87,7 @@ DEAD: Final = "evalstream_events_dead_lettered_total"
 DUPLICATES: Final = "evalstream_events_duplicates_total"
 RESPONSE_CHARS: Final = "evalstream_response_chars_total"
 VERDICTS: Final = "evalstream_verdicts_total"
+CASCADE_VERDICTS: Final = "evalstream_cascade_verdicts_total"
 FORCED: Final = "evalstream_verdicts_forced_total"
 LABELS: Final = "evalstream_verdict_labels_total"
 QUALITY: Final = "evalstream_quality_score"
@@ -157,6 +158,11 @@ SPECS: Final = (
         (),
         kind=Kind.HISTOGRAM,
         buckets=LAG_BUCKETS,
+    ),
+    _spec(
+        CASCADE_VERDICTS,
+        "Verdicts by the cascade config version that judged them.",
+        (LabelName.CASCADE_VERSION,),
     ),
     _spec(RECORDS, "Records the exporter consumed, by stream and outcome.", ("stream", "outcome")),
     _spec(FOLDED, "Label values folded into 'other' by the label budget, by label name.", ("label_name",)),
@@ -285,6 +291,11 @@ class ExporterCore:
             for tier_tried in tried:
                 key = (*md, self._label(LabelName.TIER, str(tier_tried)))
                 calls[key] = calls.get(key, 0.0) + 1.0
+            if verdict.calibration_sample:  # shadow judging: the tiers asked past the decision
+                for shadow in dim.judgements:
+                    if shadow.tier not in tried:
+                        key = (*md, self._label(LabelName.TIER, str(shadow.tier)))
+                        calls[key] = calls.get(key, 0.0) + 1.0
             escalations[md] = escalations.get(md, 0.0) + max(len(tried) - 1, 0)
             audits[md] = audits.get(md, 0.0) + dim.needs_audit
             cost = dim.cost
@@ -304,7 +315,10 @@ class ExporterCore:
             if probe.called:
                 key = (*m, "", self._label(LabelName.TIER, str(probe.tier)))
                 calls[key] = calls.get(key, 0.0) + 1.0
-        self.agreement.add_verdict(verdict.event_id, joined, record_s or _seconds(verdict.judged_at))
+        t.inc(CASCADE_VERDICTS, (self._label(LabelName.CASCADE_VERSION, verdict.cascade_version),))
+        self.agreement.add_verdict(
+            verdict.event_id, joined, record_s or _seconds(verdict.judged_at), verdict.cascade_version
+        )
         return Outcome.APPLIED
 
     def apply_label(self, value: bytes | None, *, record_s: float) -> Outcome:

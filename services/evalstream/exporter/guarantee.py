@@ -8,9 +8,14 @@ tests it on the traffic itself, from the human labels joined to verdicts (``agre
 
 - ``evalstream_guarantee_agreement_lower_bound{dimension}``: the one-sided Clopper-Pearson lower
   bound, at confidence ``1 - delta``, of the accepted verdicts' agreement with humans over the
-  agreement window (the last N labelled, accepted verdicts, every deciding tier): the same exact
-  binomial bound calibration certifies thresholds with (``evaluation.calibration``). Audited verdicts
-  are not scored (humans decide them).
+  agreement window (the last N labelled, accepted verdicts, every deciding tier) **of the newest
+  cascade version** (``Verdict.cascade_version``): the same exact binomial bound calibration
+  certifies thresholds with (``evaluation.calibration``). Audited verdicts are not scored (humans
+  decide them). When the pipeline loads a new config, the window starts afresh on its verdicts (the
+  old version's verdicts still arriving are not scored here), so an alert raised against the old
+  thresholds clears once enough labelled verdicts of the new one agree.
+- ``evalstream_guarantee_window_pairs{dimension}``: the pairs that bound is computed on;
+  ``evalstream_guarantee_cascade_version{cascade_version}``: 1 for the version they are of.
 - ``evalstream_guarantee_target{dimension}``: ``1 - alpha`` of the loaded cascade config.
   ``EvalstreamGuaranteeNotHeld`` fires when the bound stays below it on enough pairs: the labelled
   traffic no longer shows the agreement the cascade promised, so recalibrate on fresh labels.
@@ -42,6 +47,8 @@ from .totals import Kind, MetricSpec
 
 __all__ = [
     "CALIBRATED",
+    "GUARANTEE_PAIRS",
+    "GUARANTEE_VERSION",
     "LOWER_BOUND",
     "SPECS",
     "TARGET",
@@ -53,6 +60,8 @@ __all__ = [
 CALIBRATED: Final = "evalstream_guarantee_calibrated"
 TARGET: Final = "evalstream_guarantee_target"
 LOWER_BOUND: Final = "evalstream_guarantee_agreement_lower_bound"
+GUARANTEE_PAIRS: Final = "evalstream_guarantee_window_pairs"
+GUARANTEE_VERSION: Final = "evalstream_guarantee_cascade_version"
 TIER_CALIBRATED_AGREEMENT: Final = "evalstream_guarantee_tier_calibrated_agreement"
 
 _D = (str(LabelName.DIMENSION),)
@@ -76,6 +85,18 @@ SPECS: Final = (
         help="One-sided Clopper-Pearson lower bound (confidence 1 - delta) of accepted verdicts' "
         "agreement with human labels over the agreement window.",
         labels=_D,
+        kind=Kind.GAUGE,
+    ),
+    MetricSpec(
+        name=GUARANTEE_PAIRS,
+        help="Labelled, accepted verdicts of the newest cascade version the lower bound is computed on.",
+        labels=_D,
+        kind=Kind.GAUGE,
+    ),
+    MetricSpec(
+        name=GUARANTEE_VERSION,
+        help="1 for the cascade version whose verdicts the guarantee monitor scores (the newest seen).",
+        labels=(str(LabelName.CASCADE_VERSION),),
         kind=Kind.GAUGE,
     ),
     MetricSpec(

@@ -44,6 +44,7 @@ class LabelName(StrEnum):
     TIER = "tier"
     LABEL = "label"
     REASON = "reason"
+    CASCADE_VERSION = "cascade_version"
 
 
 #: Distinct values kept per label name before folding into ``other`` (the "1x" label budget).
@@ -55,6 +56,7 @@ DEFAULT_CAPS: Final[Mapping[LabelName, int]] = {
     LabelName.TIER: 8,
     LabelName.LABEL: 32,
     LabelName.REASON: 32,
+    LabelName.CASCADE_VERSION: 8,
 }
 
 
