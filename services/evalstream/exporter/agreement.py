@@ -213,6 +213,12 @@ class AgreementTracker:
             self._restore(state)
         self._set_guarantee()
 
+    def set_guarantee(self, guarantee: GuaranteeTarget | None) -> None:
+        """A new cascade config was loaded (live reload): its promises replace the old ones."""
+        self._guarantee = guarantee
+        self._targets.clear()
+        self._set_guarantee()
+
     def _set_guarantee(self) -> None:
         """The config's promises as gauges (replacing any restored with the totals: the config may
         have changed across the restart); every calibrated dimension's bound is recomputed."""

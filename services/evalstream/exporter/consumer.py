@@ -30,9 +30,12 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from evalstream.kafka import clients
 from evalstream.kafka.clients import KafkaEdgeError
+from evalstream.runtime.config_watch import CascadeWatch
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.wire.cascade_config import CascadeConfig
 
 from .core import ExporterCore, Stream
+from .guarantee import GuaranteeTarget
 from .settings import ExporterSettings
 from .state import Partition, ResumePlan, SavedState, StateFile, resume_plan
 
@@ -121,6 +124,7 @@ class Exporter:
         self._consumer: KafkaConsumer | None = None
         self._admin: KafkaAdminClient | None = None
         self.core: ExporterCore | None = None
+        self.watch: CascadeWatch | None = None
         self.plan: ResumePlan | None = None
         self.metrics = ShellMetrics(registry)
         self.applied = 0
@@ -167,6 +171,9 @@ class Exporter:
             guarantee=s.guarantee(),
         )
         self.core.publish()  # restored totals were saved and committed before: safe to serve
+        if s.cascade_config is not None:  # live reload of the guarantee's promises
+            loaded = CascadeConfig.load(s.cascade_config)
+            self.watch = CascadeWatch(s.cascade_config, loaded, interval_s=s.cascade_reload_s)
         self.metrics.series.set(self.core.collector.published.series_count())
         self._positions = dict(plan.offsets)
         self._consumer = consumer
@@ -276,6 +283,7 @@ class Exporter:
         dirty = False
         last_flush = next_probe = self._monotonic()
         while not stop.is_set():
+            dirty |= self._reload()
             dirty |= self.poll_once() > 0
             now = self._monotonic()
             if dirty and now - last_flush >= s.flush_interval_s:
@@ -286,6 +294,15 @@ class Exporter:
                 next_probe = now + s.lag_interval_s
         if dirty and not self.flush():
             log.error("last commit failed; the state file holds the totals and offsets")
+
+    def _reload(self) -> bool:
+        """The cascade config file changed: the guarantee monitor takes the new promises (True)."""
+        new = self.watch.poll() if self.watch is not None else None
+        if new is None or self.core is None:
+            return False
+        self.core.agreement.set_guarantee(GuaranteeTarget.from_config(new))
+        log.info("cascade config %s loaded for the guarantee monitor", new.version)
+        return True
 
     def close(self) -> None:
         if self._admin is not None:

@@ -96,6 +96,9 @@ class ExporterSettings(BaseSettings):
     cascade_config: Path | None = None
     """The cascade config the pipeline runs (YAML): its alpha, delta and calibrated agreements are what
     the guarantee monitor tests (``guarantee.py``); unset: no guarantee series."""
+    cascade_reload_s: Annotated[float, Field(ge=0)] = 2.0
+    """Seconds between checks of the cascade config file for a new version (live reload: a
+    recalibrated config's promises replace the old ones); 0: never."""
 
     _guarantee: GuaranteeTarget | None = PrivateAttr(default=None)
 

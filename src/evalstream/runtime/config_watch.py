@@ -42,7 +42,7 @@ class CascadeWatch:
 
     path: Path
     current: CascadeConfig
-    endpoints: Iterable[int]  # tiers with a judge endpoint
+    endpoints: Iterable[int] | None = None  # tiers with a judge endpoint (None: not checked)
     interval_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
     reloads: int = 0
@@ -53,7 +53,7 @@ class CascadeWatch:
     _digest: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
-        self.endpoints = frozenset(self.endpoints)
+        self.endpoints = None if self.endpoints is None else frozenset(self.endpoints)
         with contextlib.suppress(OSError):  # the runner loaded it a moment ago; else reported at a poll
             self._stat, self._digest = self._look()
 
@@ -85,12 +85,12 @@ class CascadeWatch:
         except (OSError, yaml.YAMLError, ValidationError, ValueError) as exc:
             self._reject(digest, f"{self.path} is not a valid cascade config: {exc}", stat)
             return None
-        missing = [t for t in config.tiers if t not in self.endpoints]
+        missing = [t for t in config.tiers if self.endpoints is not None and t not in self.endpoints]
         if missing:
             self._reject(
                 digest,
                 f"{self.path} (version {config.version!r}) uses tiers {missing} with no judge endpoint; "
-                f"configured: {sorted(self.endpoints)}",
+                f"configured: {sorted(self.endpoints or ())}",
                 stat,
             )
             return None
