@@ -36,6 +36,12 @@ warning is logged per batch, and the summaries count it (``embedding_probe_failu
 off when its fraction is 0 or its tier has no endpoint. With no circuit breaker, a probe to a tier
 that is down waits out the judge deadline once per batch.
 
+**Recorded judgements and the calibration sample.** Every dimension verdict keeps each tier's
+judgement it got (``DimensionVerdict.judgements``, ``Judgement.tier`` set here), so recalibration can
+read them from Kafka. Events in the calibration sample (``calibration_sample.py``) are asked of every
+tier of each dimension past the deciding one too (shadow judging): recorded and paid for, never
+changing the verdict; their verdicts carry ``calibration_sample`` and go to the audit output.
+
 The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
 """
 
