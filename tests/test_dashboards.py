@@ -83,6 +83,7 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
         for title, refs in (
             ("Promised vs shown agreement with humans", "AB"),
             ("Tiers: live accuracy vs calibrated", "AB"),
+            ("Verdicts per minute by cascade version", "B"),
         )
         for ref in refs
     },

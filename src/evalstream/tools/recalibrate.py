@@ -5,7 +5,9 @@ ranges, alpha and delta).
 
 Both topics are read from their beginning to their end as it was when the command started
 (``read_committed``: only committed pipeline transactions), with no consumer group, so a rerun reads
-the same records and changes nothing on the cluster. The version is derived from the config's content
+the same records and changes nothing on the cluster. Records are handled one at a time: what is kept
+is the calibration sample's verdicts, the event id and judging time of the others, and the labels.
+The version is derived from the config's content
 (``wire.cascade_config.content_version``): the same thresholds always get the same version.
 
 Exceptions: ``RecalibrationError`` (Kafka unreachable, a topic that does not exist, a read that does
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,9 +52,10 @@ class RecalibrationError(RuntimeError):
 
 
 def read_topic(
-    kafka: KafkaSettings, topic: str, *, timeout_s: float = 120.0
-) -> tuple[list[Any], list[OffsetRange]]:
-    """Every committed record of ``topic`` up to its end at the start of the call, and the ranges read."""
+    kafka: KafkaSettings, topic: str, handle: Callable[[Any], None], *, timeout_s: float = 600.0
+) -> list[OffsetRange]:
+    """``handle`` every committed record of ``topic`` up to its end at the start of the call (one at a
+    time: nothing of the topic is held here); returns the ranges read."""
     from kafka import TopicPartition
     from kafka.errors import KafkaError
 
@@ -72,8 +75,7 @@ def read_topic(
         reader.seek_to_beginning(*assigned)
         starts = {tp: reader.position(tp) for tp in assigned}
         ends = reader.end_offsets(assigned)
-        records: list[Any] = []
-        seen: dict[int, list[int]] = {tp.partition: [] for tp in assigned}
+        seen: dict[int, int] = {tp.partition: 0 for tp in assigned}
         deadline = time.monotonic() + timeout_s
         while any(reader.position(tp) < end for tp, end in ends.items()):
             if time.monotonic() > deadline:
@@ -81,8 +83,8 @@ def read_topic(
             for tp, batch in reader.poll(timeout_ms=500, max_records=5000).items():
                 for record in batch:
                     if record.offset < ends[tp]:
-                        records.append(record)
-                        seen[tp.partition].append(record.offset)
+                        handle(record)
+                        seen[tp.partition] += 1
     except KafkaError as exc:
         what = f"{type(exc).__name__}: {exc}"
         raise RecalibrationError(f"reading {topic!r} on {kafka.bootstrap} failed: {what}") from exc
@@ -94,11 +96,11 @@ def read_topic(
             partition=tp.partition,
             first=starts[tp],
             last=ends[tp] - 1,
-            records=len(seen[tp.partition]),
+            records=seen[tp.partition],
         )
         for tp in assigned
     ]
-    return records, ranges
+    return ranges
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,14 +111,27 @@ class Recalibration:
     unreadable_verdicts: int
 
 
-def _verdicts(records: list[Any], unreadable: list[int]) -> Iterator[verdict_pb2.Verdict]:
-    from google.protobuf.message import DecodeError
+class _Verdicts:
+    """Keeps what the join needs of each verdict record: the whole verdict for the calibration sample,
+    the event id and judging time for the rest (so a label on them is counted, not unknown)."""
 
-    for record in records:
+    def __init__(self) -> None:
+        self.kept: list[verdict_pb2.Verdict] = []
+        self.unreadable: list[int] = []
+
+    def __call__(self, record: Any) -> None:
+        from google.protobuf.message import DecodeError
+
         try:
-            yield verdict_pb2.Verdict.FromString(record.value or b"")
+            verdict = verdict_pb2.Verdict.FromString(record.value or b"")
         except DecodeError:
-            unreadable.append(record.offset)
+            self.unreadable.append(record.offset)
+            return
+        if not verdict.calibration_sample:
+            slim = verdict_pb2.Verdict(event_id=verdict.event_id)
+            slim.judged_at.CopyFrom(verdict.judged_at)
+            verdict = slim
+        self.kept.append(verdict)
 
 
 def recalibrate(
@@ -137,12 +152,14 @@ def recalibrate(
     """Read both topics, join, refit; alpha and delta default to the base config's (else 0.1)."""
     alpha = alpha if alpha is not None else base.alpha or 0.1
     delta = delta if delta is not None else base.delta or 0.1
-    verdict_records, verdict_ranges = read_topic(kafka, verdicts_topic)
-    label_records, label_ranges = read_topic(kafka, labels_topic)
-    unreadable: list[int] = []
+    verdicts = _Verdicts()
+    verdict_ranges = read_topic(kafka, verdicts_topic, verdicts)
+    label_records: list[bytes | None] = []
+    label_ranges = read_topic(kafka, labels_topic, lambda record: label_records.append(record.value))
+    unreadable = verdicts.unreadable
     joined = join_labels(
-        _verdicts(verdict_records, unreadable),
-        (r.value for r in label_records),
+        verdicts.kept,
+        label_records,
         cascade=base,
         truth_annotator=truth_annotator,
         join_window=join_window,
