@@ -111,6 +111,8 @@ def without_probe(verdict: verdict_pb2.Verdict) -> bytes:
     copy.ClearField("embedding_probe")
     for dim in copy.dimensions:  # measured by a real server: differs from one run to the next
         dim.cost.latency_ms = 0.0
+        for judgement in dim.judgements:
+            judgement.cost.latency_ms = 0.0
     return copy.SerializeToString(deterministic=True)
 
 
