@@ -428,3 +428,25 @@ def test_guarantee_window_starts_afresh_on_a_new_cascade_version_and_survives_a_
     assert (
         registry2.get_sample_value("evalstream_guarantee_cascade_version", {"cascade_version": "new"}) == 1.0
     )
+
+
+def test_a_reloaded_config_replaces_the_promises_without_a_restart():
+    registry = CollectorRegistry()
+    core = ExporterCore(
+        registry, agreement=AgreementConfig(resamples=50), guarantee=GuaranteeTarget.from_config(_config())
+    )
+    for i in range(40):
+        core.apply_bytes(Stream.VERDICTS, _verdict(f"e{i}", "full_refusal").SerializeToString(), 1_000 + i)
+        core.apply_bytes(Stream.LABELS, encode_label(label(f"e{i}", "full_refusal")), 2_000 + i)
+    core.publish()
+    value = registry.get_sample_value
+    assert value("evalstream_guarantee_target", {"dimension": "refusal"}) == pytest.approx(0.9)
+    core.agreement.set_guarantee(
+        GuaranteeTarget.from_config(_config(alpha=0.2, delta=0.01, format_calibrated=True))
+    )
+    core.publish()
+    assert value("evalstream_guarantee_target", {"dimension": "refusal"}) == pytest.approx(0.8)
+    assert value("evalstream_guarantee_calibrated", {"dimension": "format"}) == 1.0
+    assert value("evalstream_guarantee_agreement_lower_bound", {"dimension": "refusal"}) == pytest.approx(
+        agreement_lower_bound(40, 40, 0.01)
+    )
