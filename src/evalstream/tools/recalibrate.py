@@ -38,6 +38,7 @@ from evalstream.evaluation.recalibrate import (
 )
 from evalstream.kafka.clients import KafkaEdgeError, consumer
 from evalstream.runtime.settings import KafkaSettings
+from evalstream.tools.options import BootstrapOption, kafka_settings
 from evalstream.v1 import verdict_pb2
 from evalstream.wire import topics
 from evalstream.wire.cascade_config import CascadeConfig, OffsetRange, Provenance, content_version
@@ -246,9 +247,7 @@ def recalibrate_command(
     ] = DEFAULT_MIN_ACCEPTED,
     verdicts_topic: Annotated[str, typer.Option(help="Topic of the pipeline's verdicts.")] = topics.VERDICTS,
     labels_topic: Annotated[str, typer.Option(help="Topic of human labels.")] = topics.LABELS,
-    bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka host:port list (default: EVALSTREAM_KAFKA_BOOTSTRAP).")
-    ] = None,
+    bootstrap: BootstrapOption = None,
 ) -> None:
     """Refit the cascade's thresholds on human labels of the calibration sample, read from Kafka."""
     from rich.console import Console
@@ -264,7 +263,7 @@ def recalibrate_command(
         base = CascadeConfig.load(cascade_config)
     except ValueError as exc:
         raise typer.BadParameter(f"--cascade-config {cascade_config}: {exc}") from exc
-    kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else KafkaSettings()
+    kafka = kafka_settings(bootstrap)
     try:
         result = recalibrate(
             kafka,
