@@ -16,6 +16,7 @@ from evalstream.pipeline.judge_client import JudgeUnavailable
 from evalstream.pipeline.records import SampledEvent
 from evalstream.pipeline.summarise import summaries_from
 from evalstream.v1 import verdict_pb2
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 
 from .pipeline_helpers import NOW
 from .test_cascade_probe import CASCADE, InProcessJudges, LengthStatsJudge, events
@@ -115,3 +116,60 @@ def test_a_failing_shadow_tier_never_dead_letters_an_event_tier_zero_decided() -
         assert verdict.calibration_sample
         refusal = next(d for d in verdict.dimensions if d.dimension == "refusal")
         assert [j.judge for j in refusal.judgements] == ["rules-v1"]  # the shadow judgement is missing
+
+
+# a recalibration dropped tier 0 from refusal; it stays a shadow tier (``evalstream recalibrate``)
+DROPPED = CascadeConfig(
+    version="dropped-tier0",
+    dimensions={
+        "refusal": DimensionCascade(tiers=[TierRule(tier=1, threshold=0.0)], shadow_tiers=[0, 1]),
+        "format": DimensionCascade(tiers=[TierRule(tier=0, threshold=0.0)]),
+    },
+)
+
+
+def test_a_dropped_tier_is_still_judged_on_the_sample_and_only_there() -> None:
+    items = events(200)
+    call = InProcessJudges({0: RulesJudge.load(), 1: LengthStatsJudge()})
+    plain = judge_batch(items, cascade=DROPPED, call=call, now=NOW)
+    sample = CalibrationSample(fraction=0.3)
+    shadow = judge_batch(items, cascade=DROPPED, call=call, now=NOW, sample=sample)
+    chosen = {i.event.event_id for i in items if sample.in_sample(i.event.event_id)}
+    assert 30 < len(chosen) < 90
+    assert len(shadow.verdicts) == len(plain.verdicts) == len(items)
+    by_id = {v.event_id: v for v in plain.verdicts}
+    for verdict in shadow.verdicts:
+        assert decision(verdict) == decision(by_id[verdict.event_id])  # tier 0 decides nothing
+        refusal = next(d for d in verdict.dimensions if d.dimension == "refusal")
+        assert (refusal.deciding_tier, list(refusal.tiers_tried)) == (1, [1])
+        recorded = [(j.tier, j.judge) for j in refusal.judgements]
+        if verdict.event_id in chosen:
+            assert recorded == [(0, "rules-v1"), (1, "length-stats")]
+            assert refusal.cost.latency_ms == sum(j.cost.latency_ms for j in refusal.judgements)
+        else:
+            assert recorded == [(1, "length-stats")]
+    # a shadow tier without a judge endpoint is not asked; the verdicts stand
+    unreachable = judge_batch(items, cascade=DROPPED, call=call, now=NOW, sample=sample, reachable={1})
+    for verdict in unreachable.verdicts:
+        refusal = next(d for d in verdict.dimensions if d.dimension == "refusal")
+        assert [j.tier for j in refusal.judgements] == [1]
+
+
+def test_a_failing_dropped_tier_never_dead_letters_nor_changes_a_verdict() -> None:
+    items = events(100)
+    only_refusal = DROPPED.model_copy(update={"dimensions": {"refusal": DROPPED.dimensions["refusal"]}})
+    working = InProcessJudges({0: RulesJudge.load(), 1: LengthStatsJudge()})
+    down = InProcessJudges(
+        {0: RulesJudge.load(), 1: LengthStatsJudge()},
+        down={0: JudgeUnavailable("down", tier=0, target="t0", code="UNAVAILABLE")},
+    )
+    plain = judge_batch(items, cascade=only_refusal, call=working, now=NOW)
+    failing = judge_batch(
+        items, cascade=only_refusal, call=down, now=NOW, sample=CalibrationSample(fraction=1.0)
+    )
+    assert not failing.dead
+    assert [decision(v) for v in failing.verdicts] == [decision(v) for v in plain.verdicts]
+    assert all(v.calibration_sample for v in failing.verdicts)
+    assert (0, len(items)) in down.requests  # tier 0 was asked (and failed) ...
+    for verdict in failing.verdicts:  # ... and its judgement is missing
+        assert [j.tier for j in verdict.dimensions[0].judgements] == [1]

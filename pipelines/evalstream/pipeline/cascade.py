@@ -39,8 +39,10 @@ that is down waits out the judge deadline once per batch.
 **Recorded judgements and the calibration sample.** Every dimension verdict keeps each tier's
 judgement it got (``DimensionVerdict.judgements``, ``Judgement.tier`` set here), so recalibration can
 read them from Kafka. Events in the calibration sample (``calibration_sample.py``) are asked of every
-tier of each dimension past the deciding one too (shadow judging): recorded and paid for, never
-changing the verdict; their verdicts carry ``calibration_sample`` and go to the audit output.
+tier of each dimension past the deciding one too, and of the dimension's ``shadow_tiers`` that have a
+judge endpoint (shadow judging: a tier a recalibration dropped stays judged, so a later one can bring
+it back): recorded and paid for, never changing the verdict nor ``tiers_tried``; their verdicts carry
+``calibration_sample`` and go to the audit output.
 
 The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
 """
@@ -51,7 +53,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -106,19 +108,21 @@ _tracer = trace.get_tracer("evalstream.pipeline.cascade")
 
 @dataclass(slots=True)
 class _DimState:
-    tiers: list[tuple[int, float]]  # (tier, threshold) in order
+    tiers: list[tuple[int, float]]  # the decision tiers: (tier, threshold) in order
     tried: list[int] = field(default_factory=list)
     cost: verdict_pb2.Cost = field(default_factory=verdict_pb2.Cost)
     decided: verdict_pb2.DimensionVerdict | None = None
     failure: tuple[DeadReason, str] | None = None
     judgements: list[verdict_pb2.Judgement] = field(default_factory=list)  # every tier's, as asked
     shadow: bool = False  # in the calibration sample: every tier is asked (calibration_sample.py)
+    shadow_tiers: tuple[int, ...] = ()  # in the sample: tiers asked besides the decision tiers
 
     def next_tier(self) -> int | None:
         if (self.decided is not None and not self.shadow) or self.failure is not None:
             return None
+        order = sorted({t for t, _ in self.tiers} | set(self.shadow_tiers))
         done = len(self.tried)
-        return self.tiers[done][0] if done < len(self.tiers) else None
+        return order[done] if done < len(order) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,21 +168,31 @@ def judge_batch(
     now: datetime,
     probe: EmbeddingProbe | None = None,
     sample: CalibrationSample | None = None,
+    reachable: Collection[int] | None = None,
 ) -> CascadeOutcome:
     """Run the cascade for a batch. ``call(tier, request)`` raises ``JudgeError`` on failure.
 
-    ``probe``: the embedding probe (None: off); ``sample``: the calibration sample (None: off)."""
+    ``probe``: the embedding probe (None: off); ``sample``: the calibration sample (None: off);
+    ``reachable``: the tiers with a judge endpoint (None: all), the shadow tiers the sample may ask."""
     stats: list[dict[str, float]] = [{} for _ in items]
     shadow = [sample is not None and sample.in_sample(item.event.event_id) for item in items]
     states = [
         {
-            dim: _DimState(tiers=[(t.tier, t.threshold) for t in spec.tiers], shadow=shadow[i])
+            dim: _DimState(
+                tiers=[(t.tier, t.threshold) for t in spec.tiers],
+                shadow=shadow[i],
+                shadow_tiers=tuple(t for t in spec.shadow_tiers if reachable is None or t in reachable)
+                if shadow[i]
+                else (),
+            )
             for dim, spec in cascade.dimensions.items()
         }
         for i, _ in enumerate(items)
     ]
     calls: dict[int, int] = {}
-    for tier in cascade.tiers:
+    for tier in sorted(
+        {t for dims in states for st in dims.values() for t in st.shadow_tiers} | set(cascade.tiers)
+    ):
         wanted = [
             (i, sorted(d for d, st in dims.items() if st.next_tier() == tier))
             for i, dims in enumerate(states)
@@ -217,7 +231,8 @@ def judge_batch(
             for dim in ds:
                 st = states[i][dim]
                 st.tried.append(tier)
-                last = len(st.tried) == len(st.tiers)
+                thresholds = dict(st.tiers)
+                last = tier == st.tiers[-1][0]  # the last decision tier
                 problem = failure
                 if problem is None and result is not None and result.error:
                     problem = (
@@ -235,11 +250,12 @@ def judge_batch(
                     continue
                 judgement.tier = tier
                 st.judgements.append(judgement)
-                if st.decided is not None:  # shadow judging: recorded and paid for, the verdict stands
-                    _add_cost(st.decided.cost, judgement.cost)
+                if st.decided is not None or tier not in thresholds:  # shadow judging: recorded and
+                    # paid for, the verdict stands
+                    _add_cost(st.decided.cost if st.decided is not None else st.cost, judgement.cost)
                     continue
                 _add_cost(st.cost, judgement.cost)
-                threshold = st.tiers[len(st.tried) - 1][1]
+                threshold = thresholds[tier]
                 if judgement.confidence >= threshold or last:
                     st.decided = verdict_pb2.DimensionVerdict(
                         dimension=dim,
@@ -247,7 +263,7 @@ def judge_batch(
                         score=judgement.score,
                         confidence=judgement.confidence,
                         deciding_tier=tier,
-                        tiers_tried=list(st.tried),
+                        tiers_tried=[t for t in st.tried if t in thresholds],
                         cost=st.cost,
                         judge=judgement.judge,
                         needs_audit=judgement.confidence < threshold,
@@ -447,6 +463,9 @@ class _CascadeFn(beam.DoFn):
             )
         if in_flight < 1:
             raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        unreachable = [t for t in cascade.shadow_tiers if t not in endpoints]
+        if sample is not None and sample.fraction > 0 and unreachable:
+            log.info("calibration sample: shadow tiers %s have no judge endpoint, not asked", unreachable)
         self._endpoints = endpoints
         self._cascade = cascade
         self._policy = policy
@@ -472,7 +491,9 @@ class _CascadeFn(beam.DoFn):
                 breaker=breakers.get(tier, target) if breakers is not None else None,
             )
             for tier, target in self._endpoints.items()
-            if tier in self._cascade.tiers or (self._probe is not None and tier == self._probe.tier)
+            if tier in self._cascade.tiers
+            or (self._sample is not None and tier in self._cascade.shadow_tiers)
+            or (self._probe is not None and tier == self._probe.tier)
         }
         self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="judge-cascade")
 
@@ -493,6 +514,7 @@ class _CascadeFn(beam.DoFn):
             now=self._fixed_now or datetime.now(UTC),
             probe=self._probe,
             sample=self._sample,
+            reachable=self._clients.keys(),
         )
 
     def process(

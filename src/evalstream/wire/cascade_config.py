@@ -10,6 +10,11 @@ last tier is not confident either, the verdict carries the last tier's label wit
 A threshold is a number in [0, 1], or ``.inf`` in YAML: "accept when confidence >= inf", never. The
 calibration writes ``.inf`` for a last tier it could not certify at any threshold, so that everything
 reaching it is audited rather than guessed.
+
+``shadow_tiers`` (per dimension, optional) are the tiers the pipeline's calibration sample asks besides
+the deciding ones (shadow judging): ``evalstream recalibrate`` writes there every tier it could
+consider, so that a tier a refit dropped from ``tiers`` is still judged on the sample and a later refit
+can bring it back when the labels support it. They never change a verdict.
 """
 
 from __future__ import annotations
@@ -80,13 +85,26 @@ class DimensionCascade(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tiers: Annotated[list[TierRule], Field(min_length=1)]
+    #: Tiers the calibration sample also asks (those with a judge endpoint), deciding nothing: strictly
+    #: increasing; a tier that is in ``tiers`` too is allowed (it is asked once). Empty: the decision
+    #: tiers only.
+    shadow_tiers: list[Annotated[int, Field(ge=0, le=9)]] = []
 
     @model_validator(mode="after")
     def _ordered(self) -> DimensionCascade:
         order = [t.tier for t in self.tiers]
         if order != sorted(set(order)):
             raise ValueError(f"tiers must be strictly increasing, got {order}")
+        if self.shadow_tiers != sorted(set(self.shadow_tiers)):
+            raise ValueError(
+                f"shadow_tiers must be strictly increasing (each tier once), got {self.shadow_tiers}"
+            )
         return self
+
+    @property
+    def sample_tiers(self) -> list[int]:
+        """The tiers the calibration sample asks: the decision tiers and the shadow tiers, ascending."""
+        return sorted({t.tier for t in self.tiers} | set(self.shadow_tiers))
 
 
 class OffsetRange(BaseModel):
@@ -150,14 +168,23 @@ class CascadeConfig(BaseModel):
 
     @property
     def tiers(self) -> list[int]:
-        """Every tier any dimension uses, ascending."""
+        """Every tier any dimension decides with, ascending (each needs a judge endpoint)."""
         return sorted({t.tier for d in self.dimensions.values() for t in d.tiers})
+
+    @property
+    def shadow_tiers(self) -> list[int]:
+        """Every tier only the calibration sample asks (no dimension decides with it), ascending; one
+        without a judge endpoint is not asked."""
+        return sorted({t for d in self.dimensions.values() for t in d.shadow_tiers} - set(self.tiers))
 
 
 def content_version(config: CascadeConfig, prefix: str = "cascade") -> str:
-    """A version derived from what the config decides (its dimensions' rules, alpha and delta), not
-    from when or where it was written: the same thresholds always give the same version."""
+    """A version derived from what the config decides (its dimensions' rules and shadow tiers, alpha and
+    delta), not from when or where it was written: the same thresholds always give the same version."""
     decides = config.model_dump(mode="json", include={"dimensions", "alpha", "delta"})
+    for dimension in decides["dimensions"].values():  # a config without shadow tiers keeps its version
+        if not dimension["shadow_tiers"]:
+            del dimension["shadow_tiers"]
     digest = hashlib.blake2b(json.dumps(decides, sort_keys=True).encode(), digest_size=6).hexdigest()
     return f"{prefix}-{digest}"
 
