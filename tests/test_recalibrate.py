@@ -4,6 +4,7 @@ broker (offset ranges in the provenance, a version derived from content, a rerun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,8 @@ from evalstream.local.broker import EmbeddedBroker
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.recalibrate import recalibrate
 from evalstream.v1 import verdict_pb2
-from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule, content_version
+from evalstream.wire.dimensions import Dimension
 
 JUDGED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 BASE = CascadeConfig(
@@ -62,9 +64,12 @@ def label(event_id: str, value: str, *, annotator: str = "adjudicated", after: t
     ).encode()  # fmt: skip
 
 
-def traffic(n: int, seed: int = 7) -> tuple[list[verdict_pb2.Verdict], list[bytes], dict[str, str]]:
+def traffic(
+    n: int, seed: int = 7, *, tier0_good: bool = True
+) -> tuple[list[verdict_pb2.Verdict], list[bytes], dict[str, str]]:
     """``n`` calibration-sample events: tier 0 right when confident (confidence > 0.7: 98%), a coin
-    toss below; tier 1 right 97% of the time. Human labels for each."""
+    toss below (``tier0_good`` False: a coin toss everywhere); tier 1 right 97% of the time. Human
+    labels for each."""
     rng = random.Random(seed)
     verdicts, labels, truth = [], [], {}
     for i in range(n):
@@ -72,7 +77,7 @@ def traffic(n: int, seed: int = 7) -> tuple[list[verdict_pb2.Verdict], list[byte
         human = rng.choice(LABELS)
         other = LABELS[1 - LABELS.index(human)]
         conf0 = rng.random()
-        right0 = rng.random() < (0.98 if conf0 > 0.7 else 0.5)
+        right0 = rng.random() < (0.98 if conf0 > 0.7 and tier0_good else 0.5)
         right1 = rng.random() < 0.97
         verdicts.append(
             make_verdict(
@@ -163,6 +168,53 @@ def test_refit_certifies_thresholds_that_hold_and_keeps_dimensions_without_enoug
     assert accepted > 2000 and wrong / accepted <= 0.1
     # too few items: every dimension kept
     assert set(refit(joined, BASE, alpha=0.1, delta=0.1, min_items=5000).kept) == {"refusal", "format"}
+
+
+def test_a_dropped_tier_stays_a_shadow_tier_and_comes_back_when_the_labels_support_it() -> None:
+    # tier 0 guesses: the refit drops it from the decision tiers, and keeps it a shadow tier
+    verdicts, labels, _ = traffic(1200, tier0_good=False)
+    joined = join_labels(verdicts, labels, cascade=BASE, truth_annotator="adjudicated")
+    dropped = refit(joined, BASE, alpha=0.1, delta=0.1).dimensions["refusal"]
+    assert [r.tier for r in dropped.tiers] == [1]
+    assert dropped.shadow_tiers == [0, 1] and dropped.sample_tiers == [0, 1]
+    config = BASE.model_copy(update={"dimensions": {**BASE.dimensions, "refusal": dropped}})
+    # the sample still records tier 0 (test_calibration_sample.py); once it is right again, it returns
+    verdicts, labels, _ = traffic(1200, seed=8)
+    joined = join_labels(verdicts, labels, cascade=config, truth_annotator="adjudicated")
+    assert joined.tiers[Dimension.REFUSAL] == [0, 1]
+    back = refit(joined, config, alpha=0.1, delta=0.1).dimensions["refusal"]
+    assert [r.tier for r in back.tiers] == [0, 1] and 0.6 < back.tiers[0].threshold < 0.8
+    assert back.shadow_tiers == [0, 1]
+    # verdicts of a pipeline that could not reach tier 0 (no endpoint): it is left out, nothing lost
+    blind = [make_verdict(v.event_id, list(v.dimensions[0].judgements)[1:]) for v in verdicts]
+    joined = join_labels(blind, labels, cascade=config, truth_annotator="adjudicated")
+    assert joined.tiers[Dimension.REFUSAL] == [1] and joined.outcomes[LabelOutcome.JOINED] == 1200
+    assert [r.tier for r in refit(joined, config, alpha=0.1, delta=0.1).dimensions["refusal"].tiers] == [1]
+
+
+def test_shadow_tiers_are_validated_and_change_the_version_only_when_set() -> None:
+    with pytest.raises(ValueError, match="shadow_tiers must be strictly increasing"):
+        DimensionCascade(tiers=[TierRule(tier=1, threshold=0.0)], shadow_tiers=[1, 0])
+    with pytest.raises(ValueError, match="less than or equal to 9"):
+        DimensionCascade(tiers=[TierRule(tier=1, threshold=0.0)], shadow_tiers=[10])
+    plain = BASE.model_dump(mode="json")
+    for dimension in plain["dimensions"].values():
+        del dimension["shadow_tiers"]  # a config written before the field: it loads as before
+    assert CascadeConfig.model_validate(plain) == BASE
+    # the version a config got before shadow tiers existed (the digest of its rules, alpha and delta)
+    old = {"dimensions": plain["dimensions"], "alpha": 0.1, "delta": 0.1}
+    digest = hashlib.blake2b(json.dumps(old, sort_keys=True).encode(), digest_size=6).hexdigest()
+    assert content_version(BASE) == f"cascade-{digest}"
+    shadowed = BASE.model_copy(
+        update={
+            "dimensions": {
+                **BASE.dimensions,
+                "format": DimensionCascade(tiers=[TierRule(tier=0, threshold=0.0)], shadow_tiers=[2]),
+            }
+        }
+    )
+    assert content_version(shadowed) != content_version(BASE)
+    assert shadowed.tiers == [0, 1] and shadowed.shadow_tiers == [2]
 
 
 def test_recalibrate_reads_kafka_and_writes_a_versioned_config_with_provenance(

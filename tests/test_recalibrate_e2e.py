@@ -240,6 +240,13 @@ def test_guarantee_breaks_on_new_traffic_and_holds_again_after_recalibration_and
         # 5. The same traffic under new ids, labels back: the alert clears on the new version's verdicts.
         after = replay_and_label("loop-b")
         assert all(v.cascade_version == second.version for v in after)
+        assert second.dimensions["refusal"].shadow_tiers == [0, 1]
+        assert all(
+            {j.tier for j in d.judgements} == {0, 1}
+            for v in after
+            for d in v.dimensions
+            if d.dimension == "refusal"
+        )  # a tier the refit dropped is still judged on the sample, so a later refit can bring it back
 
         def cleared() -> bool:
             pairs = value(prom, 'evalstream_guarantee_window_pairs{dimension="refusal"}') or 0

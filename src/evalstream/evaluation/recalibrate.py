@@ -25,9 +25,17 @@ Every label record read ends in exactly one outcome (``LabelOutcome``), counted 
 - ``before_verdict``: labelled before the event was judged (it cannot be a label of that verdict);
 - ``after_join_window``: labelled more than the join window after the event was judged;
 - ``not_in_calibration_sample``: the event was not shadow-judged by every tier;
-- ``incomplete_judgements``: a tier of the dimension gave no judgement on that event (it failed);
+- ``incomplete_judgements``: a tier of the dimension gave no judgement on that event (it failed): a
+  decision tier of the base config, or a shadow tier most of the dimension's items have;
 - ``judge_changed``: a tier's judgement came from another judge than the one most items had (the
   judge behind a tier changed while the labels were collected; thresholds hold for one judge).
+
+The tiers fitted for a dimension are the base config's decision tiers and those of its
+``shadow_tiers`` that at least half the dimension's candidate items have a judgement of (a shadow tier
+with no judge endpoint in the pipeline has none, and is left out rather than making every item
+incomplete). So a tier an earlier refit dropped, still shadow-judged, is considered again and comes back
+when the labels support it. The new config's ``shadow_tiers`` are every tier the base could consider
+(its decision and shadow tiers), so none is lost from the sample.
 
 A dimension with fewer joined items than ``min_items`` keeps the base config's rules, and the config's
 provenance says so.
@@ -111,6 +119,8 @@ class JoinedLabels:
     verdicts: int = 0
     duplicate_verdicts: int = 0
     judges: dict[Dimension, dict[int, str]] = field(default_factory=dict)  # the judge fitted per tier
+    #: The tiers fitted per dimension, ascending: the decision tiers and the shadow tiers most items have.
+    tiers: dict[Dimension, list[int]] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)  # outcome -> one example, for the report
 
     @property
@@ -201,8 +211,8 @@ def join_labels(
             continue
         decided = next((d for d in found.dimensions if d.dimension == dimension.value), None)
         recorded = {j.tier: j for j in decided.judgements} if decided is not None else {}
-        wanted = [t.tier for t in cascade.dimensions[dimension.value].tiers]
-        missing = [t for t in wanted if t not in recorded or not recorded[t].label]
+        spec = cascade.dimensions[dimension.value]
+        missing = [t.tier for t in spec.tiers if t.tier not in recorded or not recorded[t.tier].label]
         if missing:
             out._count(LabelOutcome.INCOMPLETE_JUDGEMENTS, f"{event_id} {dimension.value}: no tier {missing}")
             continue
@@ -210,16 +220,39 @@ def join_labels(
             JoinedItem(
                 event_id=event_id,
                 human=label.label,
-                judgements={t: recorded[t] for t in wanted},
+                judgements={t: recorded[t] for t in spec.sample_tiers if t in recorded and recorded[t].label},
                 judged_at=judged_at,
                 labelled_at=label.labelled_at,
             )
         )
 
-    for dimension, items in candidates.items():
+    for dimension, found_items in candidates.items():
+        spec = cascade.dimensions[dimension.value]
+        have = Counter(t for item in found_items for t in item.judgements)
+        tiers = [t for t in spec.sample_tiers if 2 * have[t] >= len(found_items)]
+        out.tiers[dimension] = tiers
+        items = []
+        for item in found_items:
+            if missing := [t for t in tiers if t not in item.judgements]:
+                out._count(
+                    LabelOutcome.INCOMPLETE_JUDGEMENTS,
+                    f"{item.event_id} {dimension.value}: no tier {missing}",
+                )
+            else:
+                items.append(
+                    JoinedItem(
+                        event_id=item.event_id,
+                        human=item.human,
+                        judgements={t: item.judgements[t] for t in tiers},
+                        judged_at=item.judged_at,
+                        labelled_at=item.labelled_at,
+                    )
+                )
+        if not items:
+            continue
         judges = {
             tier: Counter(item.judgements[tier].judge for item in items).most_common(1)[0][0]
-            for tier in items[0].judgements
+            for tier in tiers
         }
         out.judges[dimension] = judges
         kept = []
@@ -257,8 +290,9 @@ def refit(
     grid_step: float = DEFAULT_GRID_STEP,
     min_accepted: int = DEFAULT_MIN_ACCEPTED,
 ) -> Refit:
-    """Each dimension of ``base`` refitted on its joined items over the base config's tiers, or kept
-    (with the reason) when it has fewer than ``min_items`` of them."""
+    """Each dimension of ``base`` refitted on its joined items over the tiers joined for it (the base
+    config's decision tiers and shadow tiers, ``JoinedLabels.tiers``), or kept (with the reason) when it
+    has fewer than ``min_items`` of them."""
     dimensions: dict[str, DimensionCascade] = {}
     calibrations: list[CascadeCalibration] = []
     kept: dict[str, str] = {}
@@ -273,7 +307,7 @@ def refit(
             dimensions[name] = spec
             continue
         judges = joined.judges[dimension]
-        tiers = [t.tier for t in spec.tiers]
+        tiers = joined.tiers[dimension]
         specs = [
             TierSpec(
                 tier=tier,
@@ -306,7 +340,7 @@ def refit(
             min_accepted=min_accepted,
         )
         calibrations.append(result)
-        dimensions[name] = DimensionCascade(tiers=result.rules())
+        dimensions[name] = DimensionCascade(tiers=result.rules(), shadow_tiers=spec.sample_tiers)
     return Refit(dimensions=dimensions, calibrations=calibrations, kept=kept)
 
 
