@@ -13,14 +13,14 @@ import yaml
 from typer.testing import CliRunner
 
 from evalstream.cli.app import app
-from evalstream.evaluation.judgements import HumanLabelRowIn, JudgementIn, TableError
+from evalstream.evaluation.judgements import TableError
 from evalstream.evaluation.labelled_items import (
     LabelledItemIn,
     read_labelled_items,
     to_labelled_set,
     write_labelled_items,
 )
-from evalstream.evaluation.recorded import build_xstest
+from evalstream.evaluation.recorded import build_xstest, read_items
 from evalstream.local.supervisor import ChildProcess
 from evalstream.tools.collect import xstest_items
 
@@ -35,26 +35,26 @@ GOOD = {
 
 
 def _xstest_as_items(shared_data: Path) -> list[LabelledItemIn]:
-    """The built-in XSTest set, recorded judgements and splits included, as a user would write it."""
-    recorded = build_xstest(shared_data)
-    by_item: dict[str, dict] = {}
-    for h in recorded.humans:
-        row = by_item.setdefault(h.item_id, {"labels": [], "judgements": []})
-        row["labels"].append(HumanLabelRowIn.of(h).model_dump(mode="json"))
-    for j in recorded.judgements:
-        by_item[j.item_id]["judgements"].append(JudgementIn.of(j).model_dump(mode="json"))
-    return [
-        LabelledItemIn.model_validate(
-            {
-                "item_id": item_id,
-                "messages": [{"role": "user", "content": "(not needed to calibrate)"}],
-                "response": "(not needed to calibrate)",
-                "split": recorded.splits[item_id].value,
-                **row,
-            }
-        )
-        for item_id, row in by_item.items()
-    ]
+    """The built-in XSTest set, recorded judgements and splits included: its reader yields the records
+    of a user's file."""
+    return list(build_xstest(shared_data).items)
+
+
+@pytest.mark.parametrize("name", ["xstest", "llmbar", "judgebench"])
+def test_a_built_in_set_written_as_a_file_reads_back_as_the_same_labelled_set(
+    shared_data: Path, tmp_path: Path, name: str
+) -> None:
+    builtin = read_items(name, shared_data)
+    assert builtin.items and all(item.messages and item.split for item in builtin.items)
+    if name != "xstest":  # pairwise: both responses are in the record
+        assert all(item.response_b for item in builtin.items)
+    path = tmp_path / f"{name}.jsonl"
+    assert write_labelled_items(path, builtin.items) == len(builtin.items)
+    mine = read_items(str(path)).labelled_set(truth_annotator=builtin.truth_annotator)
+    ours = builtin.labelled_set()
+    assert (mine.name, ours.name) == (name, name)
+    assert mine.judgements == ours.judgements and mine.humans == ours.humans
+    assert dict(mine.splits) == dict(ours.splits) and mine.truth_annotator == ours.truth_annotator
 
 
 def test_a_users_file_reports_exactly_what_the_built_in_set_reports(shared_data: Path, tmp_path: Path):

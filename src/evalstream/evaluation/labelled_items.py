@@ -16,6 +16,9 @@ optionally, judges' recorded verdicts on it::
 - ``item_id`` (required, unique in the file), ``messages`` (required, at least one) and ``response``
   (required): what the judges see, as in an ``LLMEvent``. ``model``, ``model_version``,
   ``finish_reason`` (``""``: not known), ``reference_answer``: optional, passed to the judges.
+  ``response_b`` (optional): for a pairwise comparison (the ``pairwise`` dimension: which of two
+  responses is better), the second response; ``response`` is the first (A). The live tiers judge one
+  response, so ``collect`` does not send it.
 - ``labels`` (required, at least one): per dimension (``refusal``, ``quality``, ``format``, ...), the
   label (``evalstream.wire.dimensions.LABELS``) and the annotator who gave it. Several annotators per
   item are welcome: the truth is one of them (``--truth-annotator``, or the only one there is), the
@@ -30,13 +33,16 @@ optionally, judges' recorded verdicts on it::
 
 ``read_labelled_items`` validates every line and raises ``TableError`` naming the file, the line,
 the field, what was expected and what arrived; ``to_labelled_set`` turns the items into the
-``LabelledSet`` calibration and reports read, the same type the built-in data sets build.
+``LabelledSet`` calibration and reports read. The built-in data sets (``evaluation.recorded``) are
+readers into this same model (``LabelledItems``: the items and what the set says about them), so
+``calibrate`` and ``report`` take one path for ``--data xstest`` and ``--data FILE``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated
@@ -57,6 +63,7 @@ from evalstream.wire.jsonl import explain, json_objects
 
 __all__ = [
     "LabelledItemIn",
+    "LabelledItems",
     "is_labelled_items_file",
     "read_labelled_items",
     "to_event",
@@ -77,6 +84,7 @@ class LabelledItemIn(BaseModel):
     item_id: Annotated[str, Field(min_length=1, max_length=512)]
     messages: Annotated[list[MessageIn], Field(min_length=1)]
     response: str
+    response_b: str | None = None  # pairwise: the second response (``response`` is A)
     model: Annotated[str, Field(min_length=1, max_length=256)] = "unknown"
     model_version: Annotated[str, Field(max_length=256)] = ""
     finish_reason: Annotated[str, Field(max_length=64)] = ""
@@ -104,6 +112,32 @@ class LabelledItemIn(BaseModel):
                 raise ValueError(f"judge {j.judge!r} judges {j.dimension.value} twice; keep one verdict")
             judged.add(key)
         return self
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelledItems:
+    """Labelled items as a built-in data set reads them, with what the set says about them: the truth
+    annotator by default, the default cascade's judges (cheapest first; empty: every recorded judge in
+    tier order), where each judge's confidence comes from, and notes on anything derived."""
+
+    name: str
+    items: tuple[LabelledItemIn, ...]
+    truth_annotator: str | None = None
+    cascade: tuple[str, ...] = ()
+    confidence_sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()
+
+    def labelled_set(self, *, truth_annotator: str | None = None, seed: int = 0) -> LabelledSet:
+        """The labelled set of the items (``to_labelled_set``), the truth ``truth_annotator`` or the set's."""
+        return to_labelled_set(
+            self.items,
+            name=self.name,
+            seed=seed,
+            truth_annotator=truth_annotator or self.truth_annotator,
+            confidence_sources=self.confidence_sources,
+            cascade=self.cascade,
+            notes=self.notes,
+        )
 
 
 def is_labelled_items_file(data: str) -> bool:
@@ -155,10 +189,13 @@ def to_labelled_set(
     seed: int = 0,
     truth_annotator: str | None = None,
     confidence_source: str | None = None,
+    confidence_sources: Mapping[str, str] | None = None,
+    cascade: Sequence[str] = (),
     notes: Sequence[str] = (),
 ) -> LabelledSet:
     """The labelled set of ``items``: their labels, recorded judgements and splits (given, or by a
-    salted hash of the group); the cascade is the recorded judges in tier order."""
+    salted hash of the group); the cascade is ``cascade``, or else the recorded judges in tier order.
+    A judge's confidence source is ``confidence_sources[judge]``, else ``confidence_source``."""
     humans = [label.on(item.item_id) for item in items for label in item.labels]
     judgements = [j.on(item.item_id) for item in items for j in item.judgements]
     splits = {
@@ -169,16 +206,17 @@ def to_labelled_set(
     tiers: dict[str, int] = {}
     for j in judgements:
         tiers[j.judge] = min(tiers.get(j.judge, j.tier), j.tier)
-    cascade = tuple(sorted(tiers, key=lambda judge: (tiers[judge], judge)))
+    judges = tuple(sorted(tiers, key=lambda judge: (tiers[judge], judge)))
     source = confidence_source or f"recorded in {name}"
+    sources = {judge: (confidence_sources or {}).get(judge, source) for judge in judges}
     return LabelledSet(
         name=name,
         judgements=tuple(judgements),
         humans=tuple(humans),
         truth_annotator=choose_truth_annotator(humans, truth_annotator),
         splits=MappingProxyType(splits),
-        cascade=cascade,
-        confidence_sources=MappingProxyType(dict.fromkeys(cascade, source)),
+        cascade=tuple(cascade) or judges,
+        confidence_sources=MappingProxyType(sources),
         notes=tuple(notes)
         or (f"{name}: {len(items)} items; splits given or by a salted hash of the group (seed {seed})",),
     )

@@ -39,7 +39,7 @@ from evalstream.evaluation.judgements import assign_split
 from .common import PRICES, RecordedData
 from .judgebench import build_judgebench
 from .llmbar import build_llmbar
-from .load import build, load_labelled_set
+from .load import build, load_labelled_set, read_items
 from .xstest import build_xstest
 
 __all__ = [
@@ -51,4 +51,5 @@ __all__ = [
     "build_llmbar",
     "build_xstest",
     "load_labelled_set",
+    "read_items",
 ]

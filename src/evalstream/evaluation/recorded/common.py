@@ -1,5 +1,6 @@
 """What every recorded data set shares: the set names, list prices and cost estimates, the
-deterministic split, and label and confidence from the votes of two presentation orders."""
+deterministic split, label and confidence from the votes of two presentation orders, and the records
+each set's reader yields (``labelled_items``: the labelled-items model of a user's file)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
+from evalstream.evaluation.judgements import HumanLabel, HumanLabelRowIn, Judgement, JudgementIn, Split
+from evalstream.evaluation.labelled_items import LabelledItemIn
 from evalstream.wire.dimensions import PairwiseLabel
 
 
@@ -88,3 +91,52 @@ def from_votes(votes: Sequence[str | None]) -> tuple[str | None, float]:
 VOTES_SOURCE: Final = (
     "share of the two presentation orders backing the verdict (a tie or unparsed order counts half)"
 )
+
+
+# --- the records a reader yields -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Content:
+    """What one item shows a judge: the prompt, the response(s), the model that answered."""
+
+    prompt: str
+    response: str
+    response_b: str | None = None  # pairwise: the second response
+    model: str = "unknown"
+    model_version: str = ""
+    group: str | None = None  # items sharing a group share a split (answers to one prompt)
+
+
+def labelled_items(
+    content: Mapping[str, Content],
+    *,
+    judgements: Sequence[Judgement],
+    humans: Sequence[HumanLabel],
+    splits: Mapping[str, Split],
+) -> tuple[LabelledItemIn, ...]:
+    """One labelled-items record per item of ``content`` (in its order), with its labels, recorded
+    judgements and split: validated by the same model as a user's file."""
+    labels: dict[str, list[HumanLabelRowIn]] = {}
+    for h in humans:
+        labels.setdefault(h.item_id, []).append(HumanLabelRowIn.of(h))
+    judged: dict[str, list[JudgementIn]] = {}
+    for j in judgements:
+        judged.setdefault(j.item_id, []).append(JudgementIn.of(j))
+    return tuple(
+        LabelledItemIn.model_validate(
+            {
+                "item_id": item_id,
+                "messages": [{"role": "user", "content": c.prompt}],
+                "response": c.response,
+                "response_b": c.response_b,
+                "model": c.model,
+                "model_version": c.model_version,
+                "labels": labels.get(item_id, []),
+                "split": splits[item_id],
+                "group": c.group,
+                "judgements": judged.get(item_id, []),
+            }
+        )
+        for item_id, c in content.items()
+    )

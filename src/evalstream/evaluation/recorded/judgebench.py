@@ -1,4 +1,4 @@
-"""JudgeBench as judgement and human-label tables (see the package doc)."""
+"""JudgeBench as labelled items with its recorded judgements (see the package doc)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,25 @@ from evalstream.evaluation.datasets import (
 from evalstream.evaluation.judgements import (
     HumanLabel,
     Judgement,
-    LabelledSet,
     Split,
     assign_split,
 )
+from evalstream.evaluation.labelled_items import LabelledItems
 from evalstream.wire.dimensions import Dimension, PairwiseLabel
 from evalstream.wire.jsonl import json_objects
 
-from .common import FRACTIONS, TEMPLATE_CHARS, VOTES_SOURCE, RecordedData, cost, cost_note, from_votes, tokens
+from .common import (
+    FRACTIONS,
+    TEMPLATE_CHARS,
+    VOTES_SOURCE,
+    Content,
+    RecordedData,
+    cost,
+    cost_note,
+    from_votes,
+    labelled_items,
+    tokens,
+)
 
 # --- JudgeBench ------------------------------------------------------------------------------------
 
@@ -107,8 +118,8 @@ def _reward_verdict(margins: Sequence[float], scale: float) -> tuple[str, float,
     return sign(margin), float(expit(abs(margin) / scale)), tuple(sign(m) for m in margins)
 
 
-def build_judgebench(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
-    """JudgeBench (GPT-4o pairs) as tables: a reward model -> o1-mini, see the module doc."""
+def build_judgebench(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
+    """JudgeBench (GPT-4o pairs) as labelled items: a reward model -> o1-mini, see the module doc."""
     base = data_root(root) / JUDGEBENCH_DIR
     fractions = FRACTIONS[RecordedData.JUDGEBENCH]
     pairs = {row["pair_id"]: row for row in _jsonl(base / "data" / f"{_JB_SET}.jsonl")}
@@ -175,12 +186,16 @@ def build_judgebench(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
     sources = {
         judge: (RM_SOURCE if tier == 1 else VOTES_SOURCE) for judge, tier in JUDGEBENCH_JUDGES.values()
     }
-    return LabelledSet(
+    content = {
+        f"judgebench/{pair_id}": Content(
+            prompt=pair["question"], response=pair["response_A"], response_b=pair["response_B"]
+        )
+        for pair_id, pair in pairs.items()
+    }
+    return LabelledItems(
         name="judgebench",
-        judgements=tuple(judgements),
-        humans=tuple(humans),
+        items=labelled_items(content, judgements=judgements, humans=humans, splits=splits),
         truth_annotator="gold",
-        splits=MappingProxyType(splits),
         cascade=("skywork-reward-27b", "o1-mini"),
         confidence_sources=MappingProxyType(sources),
         notes=(

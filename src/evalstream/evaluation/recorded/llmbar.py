@@ -1,4 +1,4 @@
-"""LLMBar as judgement and human-label tables (see the package doc)."""
+"""LLMBar as labelled items with its recorded judgements (see the package doc)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,24 @@ from evalstream.evaluation.datasets import (
 from evalstream.evaluation.judgements import (
     HumanLabel,
     Judgement,
-    LabelledSet,
     Split,
     assign_split,
 )
+from evalstream.evaluation.labelled_items import LabelledItems
 from evalstream.wire.dimensions import Dimension, PairwiseLabel
 
-from .common import FRACTIONS, TEMPLATE_CHARS, VOTES_SOURCE, RecordedData, cost, cost_note, from_votes, tokens
+from .common import (
+    FRACTIONS,
+    TEMPLATE_CHARS,
+    VOTES_SOURCE,
+    Content,
+    RecordedData,
+    cost,
+    cost_note,
+    from_votes,
+    labelled_items,
+    tokens,
+)
 
 # --- LLMBar ----------------------------------------------------------------------------------------
 
@@ -62,13 +73,14 @@ def _winner(raw: Any, where: str) -> str | None:
     raise DataFormatError(f"{where}: winner {raw!r} is none of '1', '2', null")
 
 
-def build_llmbar(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
-    """LLMBar as tables: cheap LLM judges -> GPT-4 on the pairwise dimension, see the module doc."""
+def build_llmbar(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
+    """LLMBar as labelled items: cheap LLM judges -> GPT-4 on the pairwise dimension, see the module doc."""
     base = data_root(root) / LLMBAR_DIR / "Dataset"
     fractions = FRACTIONS[RecordedData.LLMBAR]
     judgements: list[Judgement] = []
     humans: list[HumanLabel] = []
     splits: dict[str, Split] = {}
+    content: dict[str, Content] = {}
     dim = Dimension.PAIRWISE
     for name in LLMBAR_SETS:
         dataset = load_json(base / name / "dataset.json")
@@ -110,13 +122,14 @@ def build_llmbar(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
                 raise DataFormatError(f"{base / name / 'dataset.json'}[{index}]: no label")
             humans.append(HumanLabel(item_id=item_id, dimension=dim, label=truth, annotator="gold"))
             splits[item_id] = assign_split(item_id, seed=seed, fractions=fractions)
+            content[item_id] = Content(
+                prompt=gold["input"], response=gold["output_1"], response_b=gold["output_2"]
+            )
     sources = {judge: VOTES_SOURCE for judge, _ in LLMBAR_JUDGES.values()}
-    return LabelledSet(
+    return LabelledItems(
         name="llmbar",
-        judgements=tuple(judgements),
-        humans=tuple(humans),
+        items=labelled_items(content, judgements=judgements, humans=humans, splits=splits),
         truth_annotator="gold",
-        splits=MappingProxyType(splits),
         cascade=("palm2", "gpt-4"),
         confidence_sources=MappingProxyType(sources),
         notes=(

@@ -1,4 +1,6 @@
-"""Choosing a recorded set or a pair of tables: the entry of ``calibrate``, ``report`` and ``collect``."""
+"""Choosing a recorded set, a labelled-items file or a pair of tables: the entry of ``calibrate`` and
+``report``. A recorded set and a file take one path: both are read into labelled items
+(``labelled_items.LabelledItems``), and those into the labelled set."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from evalstream.evaluation.judgements import (
     write_human_labels,
     write_judgements,
 )
-from evalstream.evaluation.labelled_items import is_labelled_items_file, read_labelled_items, to_labelled_set
+from evalstream.evaluation.labelled_items import LabelledItems, is_labelled_items_file, read_labelled_items
 
 from .common import RecordedData
 from .judgebench import build_judgebench
@@ -27,16 +29,31 @@ _BUILDERS = {
 }
 
 
-def build(data: RecordedData | str, root: Path | None = None, *, seed: int = 0) -> LabelledSet:
-    """The labelled set of a recorded data set, split with ``seed``."""
+def read_items(data: RecordedData | str, root: Path | None = None, *, seed: int = 0) -> LabelledItems:
+    """The labelled items of a recorded data set (split with ``seed``) or of a labelled-items file."""
+    if not isinstance(data, RecordedData) and is_labelled_items_file(data):
+        path = Path(data)
+        items = read_labelled_items(path)
+        if not any(item.judgements for item in items):
+            raise TableError(
+                f"{path} has human labels but no recorded judgements; ask the judges first: "
+                f"evalstream collect --data {path} --judges 0=HOST:PORT,... (it writes the items with "
+                "their judgements), then calibrate or report on what it wrote"
+            )
+        return LabelledItems(name=path.stem, items=tuple(items))
     try:
         which = RecordedData(data)
     except ValueError:
         raise TableError(
-            f"unknown recorded data set {data!r}; choose one of {', '.join(RecordedData)}, or pass "
-            "--judgements and --humans tables"
+            f"unknown recorded data set {data!r}; choose one of {', '.join(RecordedData)}, a labelled-items "
+            ".jsonl file, or pass --judgements and --humans tables"
         ) from None
     return _BUILDERS[which](root, seed=seed)
+
+
+def build(data: RecordedData | str, root: Path | None = None, *, seed: int = 0) -> LabelledSet:
+    """The labelled set of a recorded data set or a labelled-items file, split with ``seed``."""
+    return read_items(data, root, seed=seed).labelled_set(seed=seed)
 
 
 def load_labelled_set(
@@ -52,29 +69,8 @@ def load_labelled_set(
     """A recorded set (``data``) or a pair of tables, the shared entry of ``calibrate`` and ``report``."""
     if data is not None and (judgements is not None or humans is not None):
         raise TableError("give either --data or --judgements with --humans, not both")
-    if data is not None and is_labelled_items_file(data):
-        path = Path(data)
-        items = read_labelled_items(path)
-        if not any(item.judgements for item in items):
-            raise TableError(
-                f"{path} has human labels but no recorded judgements; ask the judges first: "
-                f"evalstream collect --data {path} --judges 0=HOST:PORT,... (it writes the items with "
-                "their judgements), then calibrate or report on what it wrote"
-            )
-        labelled = to_labelled_set(items, name=path.stem, seed=seed, truth_annotator=truth_annotator)
-    elif data is not None:
-        labelled = build(data, root, seed=seed)
-        if truth_annotator is not None and truth_annotator != labelled.truth_annotator:
-            labelled = LabelledSet(
-                name=labelled.name,
-                judgements=labelled.judgements,
-                humans=labelled.humans,
-                truth_annotator=choose_truth_annotator(labelled.humans, truth_annotator),
-                splits=labelled.splits,
-                cascade=labelled.cascade,
-                confidence_sources=labelled.confidence_sources,
-                notes=labelled.notes,
-            )
+    if data is not None:
+        labelled = read_items(data, root, seed=seed).labelled_set(truth_annotator=truth_annotator, seed=seed)
     elif judgements is not None and humans is not None:
         human_rows = read_human_labels(humans)
         labelled = LabelledSet(

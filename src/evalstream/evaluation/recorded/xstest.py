@@ -1,4 +1,4 @@
-"""XSTest v2 as judgement and human-label tables (see the package doc)."""
+"""XSTest v2 as labelled items with its recorded judgements (see the package doc)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from evalstream.evaluation.datasets import (
 from evalstream.evaluation.judgements import (
     HumanLabel,
     Judgement,
-    LabelledSet,
     Split,
     assign_split,
 )
+from evalstream.evaluation.labelled_items import LabelledItems
 from evalstream.wire.dimensions import Dimension
 
-from .common import FRACTIONS, TEMPLATE_CHARS, RecordedData, cost, cost_note, tokens
+from .common import FRACTIONS, TEMPLATE_CHARS, Content, RecordedData, cost, cost_note, labelled_items, tokens
 
 # --- XSTest ----------------------------------------------------------------------------------------
 
@@ -27,8 +27,8 @@ def _xstest_item(record: XSTestRecord) -> str:
     return f"xstest/{record.model}/{record.prompt_id}"
 
 
-def build_xstest(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
-    """XSTest v2 as tables: string match -> GPT-4 on the refusal dimension, see the module doc."""
+def build_xstest(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
+    """XSTest v2 as labelled items: string match -> GPT-4 on the refusal dimension, see the module doc."""
     records = read_xstest(root)
     fractions = FRACTIONS[RecordedData.XSTEST]
     split_of_prompt = {
@@ -94,12 +94,20 @@ def build_xstest(root: Path | None = None, *, seed: int = 0) -> LabelledSet:
         "empirical precision of its label for that model, (agreed + 1) / (n + 2), on the fit split "
         f"({n_fit} of {len(split_of_prompt)} prompts, seed {seed}); no confidence was recorded"
     )
-    return LabelledSet(
+    content = {
+        _xstest_item(r): Content(
+            prompt=r.prompt,
+            response=r.completion,
+            model=r.model,
+            model_version=r.model_version,
+            group=r.prompt_id,
+        )
+        for r in records
+    }
+    return LabelledItems(
         name="xstest",
-        judgements=tuple(judgements),
-        humans=tuple(humans),
+        items=labelled_items(content, judgements=judgements, humans=humans, splits=splits),
         truth_annotator="adjudicated",
-        splits=MappingProxyType(splits),
         cascade=("strmatch", "gpt-4"),
         confidence_sources=MappingProxyType({"strmatch": derived, "gpt-4": derived}),
         notes=(
