@@ -1,7 +1,9 @@
-"""Judgement and human-label tables built from the recorded verdicts in ``../shared/data``.
+"""Readers of the recorded verdicts in ``../shared/data`` into labelled items.
 
-So that calibration and reports run today, before our live judges do, each recorded data set becomes
-the same tables the live tiers will write (``evalstream.evaluation.judgements``):
+So that calibration and reports run today, before our live judges do, each recorded data set is read
+into the labelled-items records of a user's file (``evalstream.evaluation.labelled_items``: the prompt,
+the response(s), the human labels, the recorded judgements and the split), and from there into the
+same labelled set as a file (one path through ``calibrate`` and ``report``):
 
 - **xstest** (XSTest v2, refusal, 2,250 completions): tier 0 ``strmatch`` (``strmatch_label``), tier 2
   ``gpt-4`` (``gpt4_label``; its 11 free-text answers are no verdict). Truth: the adjudicated
@@ -30,8 +32,9 @@ recorded judge output out), priced at the list prices in ``PRICES``. Judges with
 (self-hosted Llama-2 and reward models, PaLM 2, string matching) cost 0. o1-mini's hidden reasoning
 tokens were not recorded, so its cost is a floor.
 
-The package: ``common`` (set names, prices, the split, pairwise votes), one module per set (``xstest``,
-``llmbar``, ``judgebench``) and ``load`` (``build`` and ``load_labelled_set``).
+The package: ``common`` (set names, prices, the split, pairwise votes, the records), one reader per set
+(``xstest``, ``llmbar``, ``judgebench``) and ``load`` (``read_items``, ``build`` and
+``load_labelled_set``).
 """
 
 from evalstream.evaluation.judgements import assign_split
