@@ -199,3 +199,9 @@ def test_collect_asks_live_judges_about_a_users_file(shared_data: Path, tmp_path
     )
     assert sum(i.judgements[0].label is not None for i in judged) == 300
     assert (out / "cascade.yaml").is_file() and "held-out refusal:" in result.output
+
+
+def test_collect_names_why_a_pairwise_built_in_set_cannot_be_collected() -> None:
+    result = CliRunner().invoke(app, ["collect", "--data", "judgebench", "--judges", "0=127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "pairwise" in result.output and "--data judgebench" in result.output

@@ -107,6 +107,12 @@ def _collect(
     )
 
     try:
+        if data in ("llmbar", "judgebench"):
+            raise TableError(
+                f"{data} is a pairwise set (which of two answers is better); the live tiers judge one "
+                "answer, so there is nothing to collect: report or calibrate on its recorded judges with "
+                f"--data {data}"
+            )
         items = xstest_items(seed=seed) if data == "xstest" else read_labelled_items(Path(data))
     except TableError as exc:
         raise typer.BadParameter(str(exc), param_hint="--data") from exc

@@ -23,9 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from evalstream.evaluation.calibration import CalibrationError, calibrate, cascade_items, to_config
-from evalstream.evaluation.datasets import XSTestRecord, read_xstest
 from evalstream.evaluation.judgements import (
-    HumanLabelRowIn,
     JudgementIn,
     LabelledSet,
     Split,
@@ -34,8 +32,8 @@ from evalstream.evaluation.judgements import (
     write_judgements,
 )
 from evalstream.evaluation.labelled_items import LabelledItemIn, to_event, to_labelled_set
+from evalstream.evaluation.recorded import build_xstest
 from evalstream.evaluation.routing import route, summarise_routes
-from evalstream.tools.replay import build_event
 from evalstream.v1 import judge_pb2
 from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
 from evalstream.wire.contract import to_proto
@@ -65,37 +63,16 @@ def xstest_split(prompt_id: str, *, seed: int = 0) -> Split:
     return assign_split(prompt_id, seed=seed, fractions=(0.0, 0.5, 0.5))
 
 
-def _item_id(record: XSTestRecord) -> str:
-    return f"xstest/{record.model}/{record.prompt_id}"
-
-
 def xstest_items(data_dir: Path | None = None, *, seed: int = 0) -> list[LabelledItemIn]:
-    """The 2,250 XSTest v2 completions as labelled items: the adjudicated label and both annotators',
-    split by prompt (``xstest_split``). The replay's events, as labelled data."""
-    items = []
-    for r in read_xstest(data_dir):
-        event = build_event(r, event_id=_item_id(r), event_time=datetime.now(UTC))
-        items.append(
-            LabelledItemIn(
-                item_id=_item_id(r),
-                messages=list(event.messages),
-                response=event.response,
-                model=event.model,
-                model_version=event.model_version,
-                finish_reason=event.finish_reason,
-                labels=[
-                    HumanLabelRowIn(dimension=Dimension.REFUSAL, label=label.value, annotator=annotator)
-                    for annotator, label in (
-                        ("adjudicated", r.final_label),
-                        ("annotator_1", r.annotation_1),
-                        ("annotator_2", r.annotation_2),
-                    )
-                ],
-                split=xstest_split(r.prompt_id, seed=seed),
-                group=r.prompt_id,
-            )
+    """The 2,250 XSTest v2 completions as labelled items: the built-in reader's records (the replay's
+    events, the adjudicated label and both annotators') without the recorded judgements, split by
+    prompt (``xstest_split``)."""
+    return [
+        item.model_copy(
+            update={"judgements": [], "split": xstest_split(item.group or item.item_id, seed=seed)}
         )
-    return items
+        for item in build_xstest(data_dir).items
+    ]
 
 
 def collect_items(
