@@ -217,7 +217,7 @@ def test_errors_and_fallbacks_use_the_openai_error_shape(store: ReplayStore) -> 
         complete(request("gpt-5", prompt="q", response="r"), store).body["error"]["code"] == "model_not_found"
     )
     assert complete({"model": "gpt-4"}, store).status == 400
-    assert complete({**unknown, "stream": True}, store).status == 400
+    assert complete({**unknown, "stream": True}, store, streams=False).status == 400
     assert complete({**unknown, "n": 0}, store).status == 400
     fixed = complete(unknown, store, fallback=Fallback.CONTENT, fallback_content='{"label": "x"}')
     assert content(fixed.body) == '{"label": "x"}' and not fixed.hit

@@ -7,6 +7,8 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     ├── LLMConnectionError            connection          yes   connect refused, reset, protocol error
     ├── LLMTimeoutError               timeout             yes   an attempt got no answer in time
     ├── LLMProtocolError              bad_reply           yes   200 but not a chat completion (bad JSON)
+    │   ├── LLMInterrupted            interrupted         yes   a streamed reply the server cut short;
+    │   │                                                       counted as overload, not by the breaker
     │   └── LLMNotAnAPI               not_an_api          no    a body that is not JSON by its content
     │                                                           type (an HTML page): a wrong base URL
     ├── LLMStatusError                http_error          by status (RetryPolicy.retryable_status)
@@ -15,6 +17,8 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     │   ├── LLMAuthError              auth                no    401, 403
     │   ├── LLMFormatUnsupported      format_unsupported  no    4xx/5xx naming response_format: a
     │   │                                                       capability answer, not a failure
+    │   ├── LLMStreamUnsupported      stream_unsupported  no    4xx naming stream (under stream=auto
+    │   │                                                       the judge asks again, not streaming)
     │   └── LLMRejectedError          rejected            no    other 4xx (unknown model or item, 400)
     ├── LLMModelMismatch              model_mismatch      no    the endpoint does not serve the model
     │                                                           configured, or answered with another
@@ -22,6 +26,13 @@ Errors, translated from httpx at this module's edge (``error_type`` goes into ``
     ├── LLMDeadlineExceeded           deadline_exceeded   no    the call's overall deadline passed
     ├── LLMCircuitOpen                circuit_open        no    the endpoint's circuit is open (failing fast)
     └── LLMClosedError                closed              no    the judge is shutting down
+
+Streaming (``llm_stream.py``, setting ``stream``): a call is streamed so that an attempt the judge
+gives up on is closed on the server too. At the attempt's end (its timeout, or what is left of the
+call's or the request's deadline) a watchdog shuts the connection's socket down, whatever the read
+is waiting for; a server that watches for disconnects (llama-cpp-python between tokens, vLLM) stops
+generating and frees its slot. A plain request that times out is closed as well, but
+llama-cpp-python's server generates it to the end regardless.
 
 Circuit breaker (``circuit.py``): a call whose retries end on a connection error, timeout, 5xx or
 non-completion reply counts against the endpoint (a capability answer, ``format_unsupported``,
@@ -44,6 +55,8 @@ import base64
 import contextlib
 import json
 import logging
+import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +78,7 @@ from tenacity.stop import stop_base
 
 from .circuit import endpoint_breaker
 from .concurrency import AdaptiveLimit, SlotTimeout
+from .llm_stream import StreamBroken, StreamInterrupted, reassemble
 
 __all__ = [
     "ChatReply",
@@ -76,6 +90,7 @@ __all__ = [
     "LLMDeadlineExceeded",
     "LLMError",
     "LLMFormatUnsupported",
+    "LLMInterrupted",
     "LLMJudgeSettings",
     "LLMModelMismatch",
     "LLMNotAnAPI",
@@ -84,6 +99,7 @@ __all__ = [
     "LLMRejectedError",
     "LLMServerError",
     "LLMStatusError",
+    "LLMStreamUnsupported",
     "LLMTimeoutError",
     "LLMUnparseableReply",
     "RetryPolicy",
@@ -129,6 +145,15 @@ class LLMProtocolError(LLMError):
     endpoint_failure = True
 
 
+class LLMInterrupted(LLMProtocolError):
+    """A streamed reply ended (``[DONE]``) before every choice had finished: the server cut it short
+    for another request (llama-cpp-python's ``interrupt_requests``). Retried; it tells the adaptive
+    limit that the endpoint takes fewer calls at once, and says nothing of its health."""
+
+    error_type = "interrupted"
+    endpoint_failure = False
+
+
 class LLMNotAnAPI(LLMProtocolError):
     """The endpoint answered with a body whose content type is not JSON (a login page, a proxy's
     error page): asking again gets the same page."""
@@ -169,6 +194,12 @@ class LLMFormatUnsupported(LLMStatusError):
     ``response_format=auto`` the judge asks again in the next dialect."""
 
     error_type = "format_unsupported"
+
+
+class LLMStreamUnsupported(LLMStatusError):
+    """The endpoint refused a streamed request (a 4xx naming ``stream``): a capability answer."""
+
+    error_type = "stream_unsupported"
 
 
 class LLMModelMismatch(LLMError):
@@ -254,6 +285,12 @@ class LLMJudgeSettings(BaseSettings):
     "schema": ...}``, a grammar), ``json_object`` (JSON mode: any object), ``none`` (no
     ``response_format``; the schema goes in the prompt), or ``auto``: try them in that order, once
     per endpoint, and keep the first the endpoint does not refuse."""
+    stream: Literal["auto", "on", "off"] = "auto"
+    """Stream completions (``stream: true``) so that an attempt the judge gives up on is closed and
+    the server stops generating it (llama-cpp-python stops a streamed reply between tokens, but
+    generates a plain one to the end for nobody): ``auto`` streams and, when the endpoint refuses
+    streaming (a 4xx naming ``stream``), asks again without it and keeps to plain requests; ``on``
+    streams (a refusal is an error); ``off`` never streams."""
     check_model: bool = True
     """Check the model: at the first call, that ``GET /v1/models`` lists it (when the endpoint has
     that route); on every reply, that the reply names it (or a dated version or alias of it)."""
@@ -430,6 +467,8 @@ class _ChatClient:
             clock=clock,
         )
         self._base = settings.base_url.rstrip("/")
+        self._stream_mode = settings.stream
+        self._streaming = settings.stream != "off"  # under auto: until the endpoint refuses it
         self._models_lock = threading.Lock()
         self._served: dict[str, tuple[str, ...]] | None = None  # id -> aliases, from GET /models
         self._models_checked = False
@@ -575,7 +614,7 @@ class _ChatClient:
                             healthy = None  # a capability answer: the breaker counts neither way
                             raise
                         except LLMError as exc:
-                            if isinstance(exc, LLMRateLimitError):
+                            if isinstance(exc, LLMRateLimitError | LLMInterrupted):
                                 slot.overloaded()
                             healthy = not exc.endpoint_failure
                             last_error = exc
@@ -619,17 +658,69 @@ class _ChatClient:
             return exc.status in self._policy.retryable_status
         return exc.retryable
 
+    @property
+    def streaming(self) -> bool:
+        """Whether calls are streamed now (under ``stream=auto``: until the endpoint refused it)."""
+        return self._streaming
+
     def _attempt(self, body: dict[str, Any], timeout: float) -> Any:
+        """One HTTP attempt, at most ``timeout`` seconds; the reply's JSON body (reassembled when
+        streamed). Under ``stream=auto`` a refusal to stream is answered within the attempt by
+        asking again without streaming, once for the endpoint."""
+        end = self._clock() + timeout
+        if self._streaming:
+            try:
+                return self._send(body, end, stream=True)
+            except LLMStreamUnsupported as exc:
+                if self._stream_mode != "auto":
+                    raise LLMStreamUnsupported(
+                        f"{exc}; EVALSTREAM_LLM_STREAM=on and the endpoint does not stream: set it to "
+                        "auto or off",
+                        status=exc.status,
+                    ) from exc
+                if self._streaming:
+                    self._streaming = False
+                    _log.warning(
+                        "%s refused a streamed request (%s): plain requests from now on; a call the "
+                        "judge gives up on may go on generating there", self._where, exc,
+                    )  # fmt: skip
+        return self._send(body, end, stream=False)
+
+    def _send(self, body: dict[str, Any], end: float, *, stream: bool) -> Any:
         model = body.get("model")
+        timeout = max(0.001, end - self._clock())
+        if stream:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        watchdog: _Watchdog | None = None
         try:
-            response = self._http.post(self._url, json=body, timeout=httpx.Timeout(timeout))
+            with self._http.stream("POST", self._url, json=body, timeout=httpx.Timeout(timeout)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._status_error(
+                        response, model, asked_format="response_format" in body, asked_stream=stream
+                    )
+                if stream and response.headers.get("content-type", "").startswith("text/event-stream"):
+                    watchdog = _Watchdog(response, end - self._clock())
+                    try:
+                        return reassemble(response.iter_lines())
+                    except StreamInterrupted as exc:
+                        if watchdog.fired:
+                            raise httpx.ReadTimeout("the attempt's time ran out") from exc
+                        raise LLMInterrupted(f"{self._where} (model {model}): {exc}") from None
+                    except StreamBroken as exc:
+                        if watchdog.fired:
+                            raise httpx.ReadTimeout("the attempt's time ran out") from exc
+                        raise LLMProtocolError(self.scrub(f"{self._where} (model {model}): {exc}")) from None
+                    finally:
+                        watchdog.stop()
+                response.read()  # a plain reply (also to a streamed request from a server that does not)
         except httpx.TimeoutException as exc:
-            raise LLMTimeoutError(f"no answer from {self._where} (model {model}) in {timeout:.2f}s") from exc
+            raise LLMTimeoutError(self._timed_out(model, timeout, watchdog)) from exc
         except httpx.TransportError as exc:
+            if watchdog is not None and watchdog.fired:
+                raise LLMTimeoutError(self._timed_out(model, timeout, watchdog)) from exc
             msg = self.scrub(f"{type(exc).__name__}: {exc}")
             raise LLMConnectionError(f"connection to {self._where} (model {model}) failed: {msg}") from exc
-        if response.status_code >= 400:
-            raise self._status_error(response, model, asked_format="response_format" in body)
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -642,7 +733,18 @@ class _ChatClient:
                 "is EVALSTREAM_LLM_BASE_URL the API's base URL (ending in /v1), not a web page or proxy?"
             ) from None
 
-    def _status_error(self, response: httpx.Response, model: Any, *, asked_format: bool) -> LLMStatusError:
+    def _timed_out(self, model: Any, timeout: float, watchdog: _Watchdog | None) -> str:
+        if watchdog is not None and watchdog.fired:
+            _log.info("closed the stream from %s (model %s) at the attempt's end", self._where, model)
+            return (
+                f"no complete answer from {self._where} (model {model}) in {timeout:.2f}s; the stream "
+                "was closed, so the server can stop generating"
+            )
+        return f"no answer from {self._where} (model {model}) in {timeout:.2f}s"
+
+    def _status_error(
+        self, response: httpx.Response, model: Any, *, asked_format: bool, asked_stream: bool = False
+    ) -> LLMStatusError:
         status = response.status_code
         detail = response.text[:_MESSAGE_EXCERPT]
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -651,6 +753,13 @@ class _ChatClient:
         cls: type[LLMStatusError]
         if asked_format and status not in (401, 403, 429) and _names_response_format(response.text):
             cls = LLMFormatUnsupported
+        elif (
+            asked_stream
+            and (400 <= status < 500 or status == 501)
+            and status not in (401, 403, 404, 408, 409, 429)
+            and _names_stream(response.text)
+        ):
+            cls = LLMStreamUnsupported
         elif status == 429:
             cls = LLMRateLimitError
         elif status >= 500:
@@ -671,6 +780,40 @@ def _safe(url: str) -> str:
 def _names_response_format(text: str) -> bool:
     """Whether an error body is about the request's ``response_format`` (a capability answer)."""
     return "response_format" in text or "json_schema" in text
+
+
+def _names_stream(text: str) -> bool:
+    """Whether an error body is about streaming (``stream``, ``stream_options``; not ``upstream``)."""
+    return re.search(r"\bstream(_options)?\b", text, re.IGNORECASE) is not None
+
+
+class _Watchdog:
+    """Shuts the response's socket down after ``seconds`` unless stopped first: a read waiting for
+    the next streamed line (a server still evaluating the prompt sends nothing) then ends at once,
+    and the server sees the connection close. Without access to the socket (another transport) the
+    attempt ends at the read timeout instead."""
+
+    def __init__(self, response: httpx.Response, seconds: float) -> None:
+        self.fired = False
+        self._stopped = threading.Event()
+        stream = response.extensions.get("network_stream")
+        self._socket: socket.socket | None = stream.get_extra_info("socket") if stream is not None else None
+        self._thread: threading.Thread | None = None
+        if isinstance(self._socket, socket.socket):
+            self._thread = threading.Thread(
+                target=self._run, args=(max(0.0, seconds),), name="llm-stream-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, seconds: float) -> None:
+        if self._stopped.wait(seconds) or self._socket is None:
+            return
+        self.fired = True
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

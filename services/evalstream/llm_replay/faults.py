@@ -15,7 +15,12 @@ answer), ``malformed`` (200 with a truncated JSON body), ``envelope`` (200 JSON 
 ``schema`` (200, a well-formed completion whose content does not fit the verdict schema), ``slow``
 (the real answer after the slow delay), ``split_logprobs`` (the recorded verdict with token logprobs
 in which the chosen label is less likely than another, as llama.cpp's server reports them under a
-grammar), ``html`` (200 with an HTML page, as a login wall or a misrouted gateway answers). The
+grammar), ``html`` (200 with an HTML page, as a login wall or a misrouted gateway answers),
+``interrupt`` (a streamed reply cut short: the first chunk, then ``[DONE]`` with no
+``finish_reason``, as llama-cpp-python ends a stream when another request arrives), ``stall`` (a
+streamed reply that stops after its first chunk until the hang time passes, stopping early, counted
+as ``stream.abandoned``, when the client closes the connection, as a server that watches for
+disconnects stops generating; both answer a plain request normally). The
 server applies the spec from its config unless a request carries the ``x-evalstream-fault`` header,
 which replaces it for that request.
 """
@@ -51,6 +56,8 @@ class FaultKind(StrEnum):
     SLOW = "slow"
     SPLIT_LOGPROBS = "split_logprobs"
     HTML = "html"
+    INTERRUPT = "interrupt"
+    STALL = "stall"
 
     @property
     def status(self) -> int | None:

@@ -157,8 +157,11 @@ def complete(
     fallback: Fallback = Fallback.ERROR,
     fallback_content: str = "",
     created: int = 0,
+    streams: bool = True,
 ) -> Reply:
-    """Answer one ``POST /v1/chat/completions`` body (already JSON-decoded)."""
+    """Answer one ``POST /v1/chat/completions`` body (already JSON-decoded). A ``stream: true``
+    request gets the same reply (the server sends it as events, ``stream_events``); with
+    ``streams=False`` it is refused with 400, as by a server that does not stream."""
     if not isinstance(request, dict):
         return error_reply(400, "the request body must be a JSON object", kind="invalid_request_error")
     messages = request.get("messages")
@@ -169,9 +172,9 @@ def complete(
             "'model' (a string) and 'messages' (a non-empty list) are required",
             kind="invalid_request_error",
         )
-    if request.get("stream"):
+    if request.get("stream") and not streams:
         return error_reply(
-            400, "the replay server does not stream; send stream=false", kind="invalid_request_error"
+            400, "this replay server does not stream; send stream=false", kind="invalid_request_error"
         )
     n = request.get("n", 1)
     if not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
@@ -234,6 +237,41 @@ def complete(
         },
     }
     return Reply(status=200, body=body, task=str(task or ""), model=model, hit=bool(recordings))
+
+
+def stream_events(body: dict[str, Any], *, include_usage: bool) -> list[bytes]:
+    """A chat-completion body as the server-sent events of a streamed reply, as OpenAI sends them:
+    per choice a first chunk with the role and the first half of the content (and of its logprob
+    tokens), a second with the rest and the ``finish_reason``; ``usage`` in a last chunk when asked;
+    then ``[DONE]``."""
+    head: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
+    head["object"] = "chat.completion.chunk"
+    events = []
+    for choice in body["choices"]:
+        content = choice["message"]["content"] or ""
+        tokens = (choice.get("logprobs") or {}).get("content")
+        cut, tcut = len(content) // 2, len(tokens or ()) // 2
+        for first in (True, False):
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            delta["content"] = content[:cut] if first else content[cut:]
+            part = None if tokens is None else {"content": tokens[:tcut] if first else tokens[tcut:]}
+            chunk: dict[str, Any] = {
+                **head,
+                "choices": [
+                    {
+                        "index": choice["index"],
+                        "delta": delta,
+                        "logprobs": part,
+                        "finish_reason": None if first else choice["finish_reason"],
+                    }
+                ],
+            }
+            events.append(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+    if include_usage:
+        usage: dict[str, Any] = {**head, "choices": [], "usage": body["usage"]}
+        events.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 def _token(text: str, p: float, top: tuple[tuple[str, float], ...] = ()) -> dict[str, Any]:

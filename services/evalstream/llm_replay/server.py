@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import random
+import select
 import signal
 import socket
 import struct
@@ -44,6 +45,7 @@ from .replies import (
     error_reply,
     models_reply,
     split_logprobs,
+    stream_events,
 )
 
 __all__ = ["ReplayServer", "ReplaySettings", "create_server", "main"]
@@ -85,6 +87,9 @@ class ReplaySettings(BaseSettings):
     formats: str = ""
     """Comma-separated ``response_format`` types the server takes (empty: every type). Others are
     answered as llama-cpp-python 0.3.36 answers ``json_schema``: HTTP 500 naming ``response_format``."""
+    stream: bool = True
+    """Answer ``stream: true`` requests as server-sent events; false (``--no-stream``): refuse them
+    with 400, as a server that does not stream."""
     fallback: Fallback = Fallback.ERROR
     """What to answer for an item with no recorded verdict: ``error`` (404), ``content``
     (``fallback_content``) or ``obey`` (a gullible judge)."""
@@ -251,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             fallback=server.settings.fallback,
             fallback_content=server.settings.fallback_content,
             created=int(time.time()),
+            streams=server.settings.stream,
         )
         if server.stopping.wait(server.model_delay()):
             self.close_connection = True
@@ -275,7 +281,55 @@ class _Handler(BaseHTTPRequestHandler):
             encoded = reply.encode()
             self._send(reply, body=encoded[: len(encoded) // 2])
             return
+        if reply.status == 200 and request.get("stream") and "choices" in reply.body:
+            options = request.get("stream_options")
+            usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            self._stream(reply, include_usage=usage, fault=fault)
+            return
         self._send(reply)
+
+    def _stream(self, reply: Reply, *, include_usage: bool, fault: FaultKind | None) -> None:
+        """The reply as server-sent events; the connection closes at the end (no content-length).
+        Under ``interrupt`` the first chunk and ``[DONE]``; under ``stall`` the first chunk, then
+        nothing until the hang time passes or the client leaves."""
+        self.send_response(reply.status)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        events = stream_events(reply.body, include_usage=include_usage)
+        if fault is FaultKind.INTERRUPT:
+            events = [events[0], events[-1]]
+        try:
+            for i, event in enumerate(events):
+                if fault is FaultKind.STALL and i == 1 and self._stalled():
+                    self.server.stats.bump("stream.abandoned")
+                    return
+                self.wfile.write(event)
+                self.wfile.flush()
+        except OSError:  # the client went away mid-stream
+            self.server.stats.bump("stream.abandoned")
+            return
+        self.server.stats.bump(f"status.{reply.status}")
+        self.server.stats.bump("stream.sent")
+
+    def _stalled(self) -> bool:
+        """Hold the stream until the hang time passes (False) or the client closes its end (True),
+        looking every 20 ms, as a generating server looks between tokens."""
+        server = self.server
+        deadline = time.monotonic() + server.settings.hang_s
+        while not server.stopping.wait(0.02):
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable:
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
 
     def _inject(self, fault: FaultKind, raw: bytes) -> bool:
         """Apply a fault that replaces the answer; True when the request is finished."""
@@ -316,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         if fault is FaultKind.SLOW:
             server.stopping.wait(server.settings.slow_s)
-        return False  # SLOW, SCHEMA, ENVELOPE, MALFORMED, SPLIT_LOGPROBS: answer, then alter it
+        return False  # SLOW, SCHEMA, ENVELOPE, MALFORMED, SPLIT_LOGPROBS, INTERRUPT, STALL: answer, alter it
 
 
 def _format_refusal(request: Any, formats: str) -> Reply | None:
