@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import tempfile
 import time
 from collections import Counter
@@ -35,37 +34,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evalstream.evaluation.datasets import data_root, read_xstest
-from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available
+from evalstream.evaluation.datasets import data_root
+from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available, xstest_requests
 from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.pipeline.judge_client import JudgeClient, JudgeError, RetryPolicy
 from evalstream.runtime.ready import JUDGE_READY
-from evalstream.v1 import events_pb2, judge_pb2
+from evalstream.v1 import judge_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "llm_interop.json"
 DIMENSIONS = ("quality", "refusal")
 ROOTS = ("src", "pipelines", "services", "protos")
-
-
-def requests(data: Path, items: int, batch: int, seed: int) -> list[judge_pb2.JudgeRequest]:
-    records = random.Random(seed).sample([r for r in read_xstest(data) if r.gpt4_label], items)
-    judge_items = [
-        judge_pb2.JudgeItem(
-            item_id=f"{r.model}-{r.prompt_id}",
-            event=events_pb2.LLMEvent(
-                event_id=f"{r.model}-{r.prompt_id}",
-                model=r.model,
-                messages=[events_pb2.Message(role="user", content=r.prompt)],
-                response=r.completion[:600],
-            ),
-        )
-        for r in records
-    ]
-    return [
-        judge_pb2.JudgeRequest(items=judge_items[i : i + batch], dimensions=list(DIMENSIONS))
-        for i in range(0, len(judge_items), batch)
-    ]
 
 
 def run(
@@ -155,7 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     if (missing := llama_server_available()) is not None:
         raise SystemExit(missing)
-    reqs = requests(data_root(args.data), args.items, args.batch, args.seed)
+    reqs = xstest_requests(
+        data_root(args.data), args.items, seed=args.seed, dimensions=DIMENSIONS, batch=args.batch
+    )
     settings = dict(pair.split("=", 1) for pair in args.env)
     with tempfile.TemporaryDirectory(prefix="llm-interop-") as tmp:
         server = llama_server(Path(tmp))

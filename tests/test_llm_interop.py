@@ -6,7 +6,9 @@ What must hold, whatever a 135M model says: every dimension of every item comes 
 an explicit per-item error, never a failed request (INTERNAL); the endpoint's refusal of OpenAI's
 ``json_schema`` is a capability answer that neither retries nor touches the breaker; a killed server
 gives per-item connection errors and the judge recovers when it is back; a model name the server
-does not serve is a clear error before any completion is asked for.
+does not serve is a clear error before any completion is asked for; a call the judge gives up on
+stops generating on the server (the judge streams and closes the connection), so the server's one
+slot is free again at once.
 
 The server and the model are installed by ``.ci/install`` (its interop step). These tests fail, not
 skip, when they are missing: run ``bash .ci/install``.
@@ -14,9 +16,9 @@ skip, when they are missing: run ``bash .ci/install``.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +26,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from evalstream.evaluation.datasets import read_xstest
-from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available
+from evalstream.local.llama_cpp import SMOLLM2_ALIAS, llama_server, llama_server_available, xstest_requests
 from evalstream.local.servers import judge_server
 from evalstream.local.supervisor import ChildProcess
 from evalstream.pipeline.judge_client import JudgeClient, JudgeError, RetryPolicy
 from evalstream.runtime.procs import free_port, wait_until
-from evalstream.v1 import events_pb2, judge_pb2
+from evalstream.v1 import judge_pb2
 
 # A completion takes 5-50 s on a shared 2-core machine: each test gets up to 25 minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -110,23 +111,11 @@ def judge(llama: tuple[ChildProcess, str], tmp_path: Path, judge_env: dict[str, 
         started.process.stop()
 
 
-def request(shared_data: Path, n: int, seed: int) -> judge_pb2.JudgeRequest:
-    records = random.Random(seed).sample([r for r in read_xstest(shared_data) if r.gpt4_label], n)
-    return judge_pb2.JudgeRequest(
-        items=[
-            judge_pb2.JudgeItem(
-                item_id=f"{r.model}-{r.prompt_id}",
-                event=events_pb2.LLMEvent(
-                    event_id=f"{r.model}-{r.prompt_id}",
-                    model=r.model,
-                    messages=[events_pb2.Message(role="user", content=r.prompt)],
-                    response=r.completion[:600],
-                ),
-            )
-            for r in records
-        ],
-        dimensions=list(DIMENSIONS),
-    )
+def request(
+    shared_data: Path, n: int, seed: int, dimensions: tuple[str, ...] = DIMENSIONS
+) -> judge_pb2.JudgeRequest:
+    (req,) = xstest_requests(shared_data, n, seed=seed, dimensions=dimensions)
+    return req
 
 
 def call(judge: Judge, req: judge_pb2.JudgeRequest, deadline_s: float = 900) -> judge_pb2.JudgeResponse:
@@ -241,3 +230,56 @@ def test_a_killed_server_gives_per_item_errors_and_the_judge_recovers_when_it_is
     finally:
         judge.process.stop()
         server.stop()
+
+
+def probe(base_url: str) -> float:
+    """Seconds for the server to answer a one-token completion (it waits for the one slot)."""
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": SMOLLM2_ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+        timeout=600,
+    )
+    reply.raise_for_status()
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    "judge_env",
+    [
+        {  # one long generation: no grammar (this item then runs to max_tokens), one sample, one attempt
+            "EVALSTREAM_LLM_RESPONSE_FORMAT": "none",
+            "EVALSTREAM_LLM_MAX_TOKENS": "1200",
+            "EVALSTREAM_LLM_LOGPROBS": "false",
+            "EVALSTREAM_LLM_FALLBACK_SAMPLES": "1",
+            "EVALSTREAM_LLM_MAX_ATTEMPTS": "1",
+            "EVALSTREAM_LLM_ATTEMPT_TIMEOUT_S": "15",
+            "EVALSTREAM_LLM_DEADLINE_S": "60",
+        }
+    ],
+)
+def test_a_call_the_judge_gives_up_on_stops_generating_and_frees_the_slot(
+    judge: Judge, llama: tuple[ChildProcess, str], shared_data: Path
+) -> None:
+    """The judge gives up on a generation of up to 1,200 tokens (about a minute here) after 15 s.
+    Streamed, it closes the connection and llama-cpp-python stops at the next token; a plain request
+    would be generated to the end for nobody, and the next caller would wait for it."""
+    server, base_url = llama
+    idle = probe(base_url)  # the same run's baseline: the slot is free
+    log_before = len(server.output())
+    req = request(shared_data, 1, seed=17, dimensions=("refusal",))
+    started = time.monotonic()
+    response = call(judge, req, deadline_s=120)
+    gave_up = time.monotonic() - started
+    (result,) = response.results
+    (error,) = result.dimension_errors
+    assert error.error_type == "timeout" and "the stream was closed" in error.error, result
+    wait_until(
+        lambda: "Disconnected from client" in server.output()[log_before:],
+        timeout=60,
+        interval=0.2,
+        what="llama-cpp-python to notice the judge left (it checks between streamed tokens)",
+    )
+    freed = probe(base_url)
+    # the slot is free: the probe waits at most for the token in progress, not for ~1,000 more
+    assert freed < 3 * idle + 10, (freed, idle, gave_up)

@@ -11,14 +11,18 @@ its dependencies and never imported here: only its file is read.
 from __future__ import annotations
 
 import importlib.util
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from evalstream.evaluation.datasets import read_xstest
 from evalstream.local.supervisor import ChildProcess, python_module
 from evalstream.runtime.procs import free_port
 from evalstream.runtime.ready import ReadyLine
+from evalstream.v1 import events_pb2, judge_pb2
 
-__all__ = ["SMOLLM2_ALIAS", "llama_server", "llama_server_available", "smollm2_gguf"]
+__all__ = ["SMOLLM2_ALIAS", "llama_server", "llama_server_available", "smollm2_gguf", "xstest_requests"]
 
 #: The model name the server is started with (``--model_alias``); what the judge must ask for.
 SMOLLM2_ALIAS: Final = "smollm2-135m-instruct"
@@ -59,10 +63,16 @@ def llama_server(
     n_ctx: int = 2048,
     threads: int = 1,
     port: int | None = None,
+    interrupt_requests: bool = False,
 ) -> ChildProcess:
     """``python -m llama_cpp.server`` on a free loopback port, one slot, ``threads`` CPU threads
     (the machine is shared). Start it with ``.start()``; its ready line's group is the base URL
-    without ``/v1``. Pass the same ``port`` to restart it where it was."""
+    without ``/v1``. Pass the same ``port`` to restart it where it was.
+
+    ``interrupt_requests`` is off, unlike the server's own default: with it on, a request that
+    arrives while a streamed reply is generating ends that reply (the judge streams, and then sees
+    ``interrupted`` replies and halves its concurrency). A server that serves the judge should run
+    with ``--interrupt_requests false``."""
     gguf = model or smollm2_gguf()
     if gguf is None:
         raise FileNotFoundError(llama_server_available() or "no GGUF model given")
@@ -74,6 +84,7 @@ def llama_server(
         "--n_ctx", str(n_ctx),
         "--n_threads", str(threads),
         "--n_threads_batch", str(threads),
+        "--interrupt_requests", str(interrupt_requests).lower(),
     ]  # fmt: skip
     return ChildProcess(
         name=name,
@@ -81,3 +92,29 @@ def llama_server(
         log_file=log_dir / f"{name}.log",
         ready=READY,
     )
+
+
+def xstest_requests(
+    data: Path, items: int, *, seed: int, dimensions: Sequence[str], batch: int | None = None
+) -> list[judge_pb2.JudgeRequest]:
+    """``items`` XSTest records with a GPT-4 label (seeded sample) as tier-2 ``JudgeRequest``s of
+    ``batch`` items each (default: one request): the prompt as the user message, the completion cut
+    to 600 characters as the response (a one-slot CPU server evaluates every prompt token)."""
+    records = random.Random(seed).sample([r for r in read_xstest(data) if r.gpt4_label], items)
+    judge_items = [
+        judge_pb2.JudgeItem(
+            item_id=f"{r.model}-{r.prompt_id}",
+            event=events_pb2.LLMEvent(
+                event_id=f"{r.model}-{r.prompt_id}",
+                model=r.model,
+                messages=[events_pb2.Message(role="user", content=r.prompt)],
+                response=r.completion[:600],
+            ),
+        )
+        for r in records
+    ]
+    size = batch or max(1, items)
+    return [
+        judge_pb2.JudgeRequest(items=judge_items[i : i + size], dimensions=list(dimensions))
+        for i in range(0, len(judge_items), size)
+    ]
