@@ -1,8 +1,11 @@
 """JudgeCascade: batched calls to judge tiers, escalation by calibrated thresholds, dead letters.
 
 For each dimension in the cascade config, tiers are tried in order. A tier's judgement is accepted
-when its confidence is at least that tier's threshold; otherwise the item escalates to the next
-tier listed for the dimension. When the last tier is not confident either, its label is kept with
+when its confidence is at least that tier's threshold for the judgement's confidence source
+(``TierRule.thresholds``: a threshold fitted on one source applies to that source only); otherwise
+the item escalates to the next tier listed for the dimension. A judgement from a source the tier has
+no threshold for escalates the same way and is counted (``CascadeOutcome.source_mismatches``, logged
+per batch). When the last tier is not confident either, its label is kept with
 ``needs_audit`` set, and the verdict is also sent to the audit output for humans.
 
 Failures (documented rule): when a tier cannot answer for an item (the server is unavailable past
@@ -52,7 +55,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -77,7 +80,7 @@ from evalstream.pipeline.records import DeadReason, SampledEvent, Stage, dead_le
 from evalstream.pipeline.sampling import unit_hash
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
 from evalstream.v1 import judge_pb2, verdict_pb2
-from evalstream.wire.cascade_config import CascadeConfig
+from evalstream.wire.cascade_config import CascadeConfig, Threshold, threshold_for
 from evalstream.wire.dimensions import Tier
 
 __all__ = [
@@ -108,7 +111,7 @@ _tracer = trace.get_tracer("evalstream.pipeline.cascade")
 
 @dataclass(slots=True)
 class _DimState:
-    tiers: list[tuple[int, float]]  # the decision tiers: (tier, threshold) in order
+    tiers: list[tuple[int, Threshold]]  # the decision tiers: (tier, threshold or thresholds by source)
     tried: list[int] = field(default_factory=list)
     cost: verdict_pb2.Cost = field(default_factory=verdict_pb2.Cost)
     decided: verdict_pb2.DimensionVerdict | None = None
@@ -146,6 +149,9 @@ class CascadeOutcome:
     dead: list[verdict_pb2.DeadLetter]
     audits: list[verdict_pb2.Verdict]
     calls: dict[int, int]  # judge calls (requests) per tier
+    #: judgements not accepted because their tier has no threshold for their confidence source,
+    #: by ``(dimension, tier, source)``
+    source_mismatches: Counter[tuple[str, int, str]] = field(default_factory=Counter)
 
 
 def _add_cost(total: verdict_pb2.Cost, part: verdict_pb2.Cost) -> None:
@@ -179,7 +185,7 @@ def judge_batch(
     states = [
         {
             dim: _DimState(
-                tiers=[(t.tier, t.threshold) for t in spec.tiers],
+                tiers=[(t.tier, t.thresholds()) for t in spec.tiers],
                 shadow=shadow[i],
                 shadow_tiers=tuple(t for t in spec.shadow_tiers if reachable is None or t in reachable)
                 if shadow[i]
@@ -190,6 +196,7 @@ def judge_batch(
         for i, _ in enumerate(items)
     ]
     calls: dict[int, int] = {}
+    mismatches: Counter[tuple[str, int, str]] = Counter()
     for tier in sorted(
         {t for dims in states for st in dims.values() for t in st.shadow_tiers} | set(cascade.tiers)
     ):
@@ -255,8 +262,11 @@ def judge_batch(
                     _add_cost(st.decided.cost if st.decided is not None else st.cost, judgement.cost)
                     continue
                 _add_cost(st.cost, judgement.cost)
-                threshold = thresholds[tier]
-                if judgement.confidence >= threshold or last:
+                threshold = threshold_for(thresholds[tier], judgement.confidence_source)
+                if threshold is None:
+                    mismatches[(dim, tier, judgement.confidence_source)] += 1
+                accepted = threshold is not None and judgement.confidence >= threshold
+                if accepted or last:
                     st.decided = verdict_pb2.DimensionVerdict(
                         dimension=dim,
                         label=judgement.label,
@@ -266,7 +276,7 @@ def judge_batch(
                         tiers_tried=[t for t in st.tried if t in thresholds],
                         cost=st.cost,
                         judge=judgement.judge,
-                        needs_audit=judgement.confidence < threshold,
+                        needs_audit=not accepted,
                         confidence_source=judgement.confidence_source,
                     )
 
@@ -320,7 +330,15 @@ def judge_batch(
         verdicts.append(verdict)
         if verdict.calibration_sample or any(d.needs_audit for d in verdict.dimensions):
             audits.append(verdict)
-    return CascadeOutcome(verdicts=verdicts, dead=dead, audits=audits, calls=calls)
+    if mismatches:
+        log.warning(
+            "judgements escalated for want of a threshold for their confidence source "
+            "(dimension, tier, source: count): %s; recalibrate on data with these sources",
+            ", ".join(f"{d}, {t}, {s or 'unsaid'}: {n}" for (d, t, s), n in sorted(mismatches.items())),
+        )
+    return CascadeOutcome(
+        verdicts=verdicts, dead=dead, audits=audits, calls=calls, source_mismatches=mismatches
+    )
 
 
 def _probe(

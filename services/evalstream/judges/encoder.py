@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +88,10 @@ from .encoder_artefact import (
 )
 from .settings import JudgeServerSettings
 
-__all__ = ["EncoderJudge", "from_settings"]
+__all__ = ["CLASSIFIER_PROBABILITY", "EncoderJudge", "from_settings"]
+
+#: ``confidence_source`` of its verdicts: the classifier's calibrated probability of the label.
+CLASSIFIER_PROBABILITY: Final = "classifier_probability"
 
 
 # --- the judge -----------------------------------------------------------------------------------
@@ -190,6 +194,7 @@ class EncoderJudge:
                         label=model.labels[best[i]],
                         score=float(scores[i]),
                         confidence=float(p[i, best[i]]),
+                        confidence_source=CLASSIFIER_PROBABILITY,
                         rationale=", ".join(
                             f"{lab} {q:.3f}" for lab, q in zip(model.labels, p[i], strict=True)
                         ),

@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 JUDGE_NAME: Final = "rules-v1"
+#: ``confidence_source`` of refusal verdicts: the rule outcome's smoothed precision on human labels.
+RULE_PRECISION: Final = "rule_precision"
+#: ``confidence_source`` of format verdicts: a fixed confidence per rule, never fitted.
+RULE_FIXED: Final = "rule_fixed"
 #: The committed calibration table, fitted on XSTest v2 human labels (see ``rules_fit.py``).
 DEFAULT_CALIBRATION: Final = Path(__file__).with_name("rules_calibration.json")
 CALIBRATION_SCHEMA: Final = 1
@@ -336,6 +340,7 @@ class RulesJudge:
             score=stats.p_refusal,
             confidence=stats.confidence,
             rationale=f"{outcome.describe()} ({key}, n={stats.n})",
+            confidence_source=RULE_PRECISION,
         )
 
     @staticmethod
@@ -347,6 +352,7 @@ class RulesJudge:
             score=finding.score,
             confidence=finding.confidence,
             rationale=", ".join(finding.flags) or "no format rule fired",
+            confidence_source=RULE_FIXED,
         )
 
     def judge_batch(self, items: Sequence[JudgeInput], dimensions: frozenset[str]) -> list[ItemOutcome]:

@@ -147,13 +147,17 @@ def _print_calibration(console: Console, result: CascadeCalibration) -> None:
         title=f"{result.dimension.value}: agreement >= {1 - result.alpha:.3f} with probability "
         f">= {1 - result.delta:.3f} (calibration items: {result.items})"
     )
-    columns = ("judge", "tier", "delta", "reached", "threshold", "accepted", "agreement", "guaranteed >=")
+    columns = (
+        "judge", "tier", "confidence source", "delta", "reached", "threshold", "accepted", "agreement",
+        "guaranteed >=",
+    )  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "judge" else "right")
     for t in result.tiers:
         table.add_row(
             t.spec.judge,
             str(t.spec.tier),
+            t.spec.confidence_source or "-",
             f"{t.delta:.4f}",
             str(t.reached),
             _fmt(t.threshold) if t.threshold is not None else "none certified",

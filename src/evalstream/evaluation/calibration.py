@@ -25,6 +25,18 @@ every tier's accepted items disagree with humans at a rate of at most ``alpha``,
 accepted items together (a mixture of such rates). Items the last tier does not accept go to human
 audit: the guarantee is about what the cascade accepts, and coverage says how much that is.
 
+Confidence sources: a tier's judgements may get their confidence in different ways (the LLM judge:
+token ``logprobs``, sample ``agreement``, a ``single`` vote), and those are not one scale: a
+threshold fitted on their mixture holds for the mixture as it was, not for each kind. So each tier is
+fitted per confidence source: the items reaching the tier are grouped by their verdict's
+``confidence_source`` and every group gets its own threshold (Algorithm 1 on that group), each
+(tier, source) group tested at ``delta / G`` for ``G`` groups over all tiers (the union bound again;
+the groups are known from the data before any label is looked at). A tier with one source is one
+group, as before. The written config names the source of every threshold, and the pipeline applies
+it only to judgements from that source: one from a source the tier was not fitted for escalates.
+Verdicts without a source (tables that do not record it) form one group whose threshold applies to
+every source, as before sources were recorded.
+
 Calibrating greedily, cheapest tier first, lets each tier accept as much as its guarantee allows, which
 minimises the calls to the later, stronger and dearer tiers. A tier that can accept nothing is left
 out of the written config, since calling it would only cost; if that is the last tier it stays, with
@@ -40,20 +52,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 
 from evalstream.evaluation.judgements import LabelledSet
-from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, Threshold, TierRule
 from evalstream.wire.dimensions import Dimension
 
 __all__ = [
     "CalibrationError",
     "CalibrationItem",
     "CascadeCalibration",
+    "Threshold",
     "ThresholdTest",
     "TierCalibration",
     "TierSpec",
@@ -63,6 +76,7 @@ __all__ = [
     "cascade_items",
     "clopper_pearson_upper",
     "select_threshold",
+    "tier_sources",
     "to_config",
 ]
 
@@ -93,6 +107,7 @@ class TierVerdict:
     label: str | None
     confidence: float
     cost_usd: float = 0.0
+    confidence_source: str = ""  # where ``confidence`` came from; "" not said
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +126,9 @@ class TierSpec:
     tier: int
     judge: str
     confidence: str = ""  # how this judge's confidence is obtained, written into the config
+    #: The confidence source this tier's threshold is fitted for and applies to ("" every source);
+    #: ``calibrate`` sets it per (tier, source) group.
+    confidence_source: str = ""
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -137,6 +155,9 @@ class TierCalibration:
     disagreements: int
     upper_bound: float | None  # Clopper-Pearson bound on the disagreement rate at ``threshold``
     tests: tuple[ThresholdTest, ...]  # the sequence as run, ending at the first failure
+    #: Which verdict of each item this tier reads (None: the tier's position in ``tiers``, when
+    #: every tier is one group). Groups of one tier, one per confidence source, share it.
+    verdict_index: int | None = None
 
     @property
     def agreement(self) -> float | None:
@@ -167,33 +188,77 @@ class CascadeCalibration:
             return None
         return 1.0 - sum(t.disagreements for t in self.tiers) / self.accepted
 
-    def plan(self) -> list[tuple[int, float]]:
-        """``(verdict index, threshold)`` of each tier the config keeps, in order (see ``route``)."""
-        last = len(self.tiers) - 1
-        return [
-            (i, math.inf if t.threshold is None else t.threshold)
-            for i, t in enumerate(self.tiers)
-            if t.threshold is not None or i == last
-        ]
+    def _groups(self) -> list[tuple[int, list[TierCalibration]]]:
+        """The tiers' results grouped by verdict index, in tier order."""
+        groups: dict[int, list[TierCalibration]] = {}
+        for position, t in enumerate(self.tiers):
+            groups.setdefault(position if t.verdict_index is None else t.verdict_index, []).append(t)
+        return list(groups.items())
+
+    def plan(self) -> list[tuple[int, Threshold]]:
+        """``(verdict index, threshold)`` of each tier the config keeps, in order (see ``route``).
+        A tier fitted per confidence source has a threshold per certified source (the last tier
+        also lists its uncertified sources, at inf: audited); a source-less tier one number."""
+        groups = self._groups()
+        last = len(groups) - 1
+        out: list[tuple[int, Threshold]] = []
+        for position, (index, parts) in enumerate(groups):
+            if len(parts) == 1 and not parts[0].spec.confidence_source:
+                t = parts[0]
+                if t.threshold is not None or position == last:
+                    out.append((index, math.inf if t.threshold is None else t.threshold))
+                continue
+            by_source = {
+                t.spec.confidence_source: math.inf if t.threshold is None else t.threshold
+                for t in parts
+                if t.threshold is not None or position == last
+            }
+            if by_source:
+                out.append((index, by_source))
+        return out
 
     def rules(self) -> list[TierRule]:
-        """The config's tier rules: uncertified tiers dropped, an uncertified last tier kept at inf."""
+        """The config's tier rules: uncertified tiers (and sources) dropped, an uncertified last tier
+        kept at inf. Of a tier fitted per source, the source with most accepted items carries
+        ``threshold``, the others ``source_thresholds``; its calibrated figures are the groups'
+        together (the upper bound is the largest of theirs)."""
+        groups = dict(self._groups())
         out = []
         for index, threshold in self.plan():
-            t = self.tiers[index]
+            parts = groups[index]
+            spec = parts[0].spec
+            accepted = sum(t.accepted for t in parts)
+            wrong = sum(t.disagreements for t in parts)
+            bounds = [t.upper_bound for t in parts if t.upper_bound is not None]
+            others: dict[str, float] = {}
+            if isinstance(threshold, int | float):
+                main, source = float(threshold), ""
+            else:
+                main, source, others = _main(dict(threshold), parts)
             out.append(
                 TierRule(
-                    tier=t.spec.tier,
-                    threshold=threshold,
-                    judge=t.spec.judge,
-                    confidence=t.spec.confidence,
-                    calibrated_agreement=t.agreement,
-                    calibrated_coverage=t.accepted / self.items,
-                    calibrated_upper_bound=t.upper_bound,
-                    calibrated_items=t.reached,
+                    tier=spec.tier,
+                    threshold=main,
+                    judge=spec.judge,
+                    confidence=spec.confidence,
+                    confidence_source=source,
+                    source_thresholds=others,
+                    calibrated_agreement=1.0 - wrong / accepted if accepted else None,
+                    calibrated_coverage=accepted / self.items,
+                    calibrated_upper_bound=max(bounds) if bounds else None,
+                    calibrated_items=sum(t.reached for t in parts),
                 )
             )
         return out
+
+
+def _main(
+    thresholds: dict[str, float], parts: Sequence[TierCalibration]
+) -> tuple[float, str, dict[str, float]]:
+    """The main source of a per-source tier (most accepted items, then name), its threshold, the rest."""
+    accepted = {t.spec.confidence_source: t.accepted for t in parts}
+    source = min(thresholds, key=lambda s: (-accepted.get(s, 0), s))
+    return thresholds[source], source, {s: v for s, v in sorted(thresholds.items()) if s != source}
 
 
 # --- the statistics --------------------------------------------------------------------------------
@@ -321,7 +386,9 @@ def calibrate(
                     f"item {item.item_id!r}: judge {spec.judge!r} has confidence {verdict.confidence}, "
                     "expected a value in [0, 1]"
                 )
-    per_tier = delta / len(tiers)
+    sources = tier_sources(items, tiers)
+    groups = sum(len(s) for s in sources)
+    per_group = delta / groups
     reaching = np.ones(len(items), dtype=bool)
     results: list[TierCalibration] = []
     for index, spec in enumerate(tiers):
@@ -329,33 +396,58 @@ def calibrate(
             [-np.inf if it.verdicts[index].label is None else it.verdicts[index].confidence for it in items]
         )
         wrong = np.array([it.verdicts[index].label != it.human for it in items])
-        threshold, tests = select_threshold(
-            conf[reaching],
-            wrong[reaching],
-            alpha=alpha,
-            delta=per_tier,
-            grid_step=grid_step,
-            min_accepted=min_accepted,
-            upper_bound=upper_bound,
-        )
-        accepted = reaching & (conf >= threshold) if threshold is not None else np.zeros_like(reaching)
-        n_acc = int(accepted.sum())
-        results.append(
-            TierCalibration(
-                spec=spec,
-                threshold=threshold,
-                delta=per_tier,
-                reached=int(reaching.sum()),
-                accepted=n_acc,
-                disagreements=int((accepted & wrong).sum()),
-                upper_bound=next((t.upper_bound for t in reversed(tests) if t.passed), None),
-                tests=tests,
+        source_of = np.array([it.verdicts[index].confidence_source for it in items], dtype=object)
+        accepted_here = np.zeros_like(reaching)
+        for source in sources[index]:
+            group = reaching & (source_of == source)
+            threshold, tests = select_threshold(
+                conf[group],
+                wrong[group],
+                alpha=alpha,
+                delta=per_group,
+                grid_step=grid_step,
+                min_accepted=min_accepted,
+                upper_bound=upper_bound,
             )
-        )
-        reaching &= ~accepted
+            accepted = group & (conf >= threshold) if threshold is not None else np.zeros_like(group)
+            results.append(
+                TierCalibration(
+                    spec=replace(spec, confidence_source=source),
+                    threshold=threshold,
+                    delta=per_group,
+                    reached=int(group.sum()),
+                    accepted=int(accepted.sum()),
+                    disagreements=int((accepted & wrong).sum()),
+                    upper_bound=next((t.upper_bound for t in reversed(tests) if t.passed), None),
+                    tests=tests,
+                    verdict_index=index,
+                )
+            )
+            accepted_here |= accepted
+        reaching &= ~accepted_here
     return CascadeCalibration(
         dimension=dimension, alpha=alpha, delta=delta, items=len(items), tiers=tuple(results)
     )
+
+
+def tier_sources(items: Sequence[CalibrationItem], tiers: Sequence[TierSpec]) -> list[list[str]]:
+    """Per tier, the confidence sources of its verdicts with a label, sorted (one group each; ``""``
+    for verdicts that do not say). A tier with no labelled verdict at all is one source-less group.
+    Looks at sources only, never at labels, so the groups are fixed before any test."""
+    out = []
+    for index, spec in enumerate(tiers):
+        found = sorted({it.verdicts[index].confidence_source for it in items if it.verdicts[index].label})
+        if "" in found and len(found) > 1:
+            unsaid = sum(
+                1 for it in items if it.verdicts[index].label and not it.verdicts[index].confidence_source
+            )
+            raise CalibrationError(
+                f"judge {spec.judge!r} (tier {spec.tier}) has verdicts with confidence sources "
+                f"{found[1:]} and {unsaid} without one; a threshold cannot tell which scale those are "
+                "on: record confidence_source on every row of that judge (or on none)"
+            )
+        out.append(found or [""])
+    return out
 
 
 def to_config(
@@ -433,6 +525,7 @@ def cascade_items(
                     label=verdicts[n][item_id].label,
                     confidence=verdicts[n][item_id].confidence,
                     cost_usd=verdicts[n][item_id].cost_usd,
+                    confidence_source=verdicts[n][item_id].confidence_source,
                 )
                 for n in judges
             ),

@@ -15,6 +15,11 @@ Judgement table, one judge's verdict on one item and dimension::
   null verdict: the item escalates, as the pipeline does on a per-item judge error.
 - ``confidence`` in [0, 1]: how sure the judge is; a cascade accepts when it is at least the tier's
   threshold.
+- ``confidence_source`` (optional): where the confidence came from, as the judge reports it
+  (``Judgement.confidence_source`` on the wire: ``rule_precision``, ``softmax``, ``logprobs``,
+  ``agreement``, ``single``, ...). Confidences from different sources are not on one scale:
+  calibration fits each tier per source, and the pipeline applies a threshold only to judgements
+  from the source it was fitted for. Absent (or empty): not said; such rows form their own group.
 - ``position_labels`` (optional, pairwise judges): the verdict in each presentation order, mapped back
   to the original A/B frame (``null`` where that order gave none). The report's position-bias rate
   is the share of items whose orders disagree.
@@ -97,6 +102,7 @@ class Judgement:
     input_tokens: int = 0
     output_tokens: int = 0
     position_labels: tuple[str | None, ...] = ()
+    confidence_source: str = ""  # "" not said
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +140,7 @@ class JudgementIn(BaseModel):
     input_tokens: Annotated[int, Field(ge=0)] = 0
     output_tokens: Annotated[int, Field(ge=0)] = 0
     position_labels: list[str | None] = []
+    confidence_source: Annotated[str, Field(max_length=64)] = ""
 
     @model_validator(mode="after")
     def _labels(self) -> JudgementIn:
@@ -155,6 +162,7 @@ class JudgementIn(BaseModel):
             input_tokens=j.input_tokens,
             output_tokens=j.output_tokens,
             position_labels=list(j.position_labels),
+            confidence_source=j.confidence_source,
         )
 
     def on(self, item_id: str) -> Judgement:
@@ -169,6 +177,7 @@ class JudgementIn(BaseModel):
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             position_labels=tuple(self.position_labels),
+            confidence_source=self.confidence_source,
         )
 
 
@@ -263,6 +272,8 @@ def write_judgements(path: Path, rows: Iterable[Judgement]) -> int:
         fields = JudgementIn.of(j).model_dump(mode="json")
         if not j.position_labels:
             del fields["position_labels"]
+        if not j.confidence_source:
+            del fields["confidence_source"]
         obj: dict[str, Any] = {"item_id": j.item_id, **fields}
         lines.append(json.dumps(obj, ensure_ascii=False))
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

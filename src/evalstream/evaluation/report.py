@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evalstream.evaluation.calibration import CalibrationError, TierSpec, cascade_items
+from evalstream.evaluation.calibration import CalibrationError, Threshold, TierSpec, cascade_items
 from evalstream.evaluation.judgements import LabelledSet
 from evalstream.evaluation.routing import route
 from evalstream.evaluation.statistics import (
@@ -93,14 +93,25 @@ class PlanStep:
 
     judge: str
     tier: int
-    threshold: float | None
+    threshold: Threshold | None  # one number, or one per confidence source
     calls_per_1000: float  # items on which this tier is called, per 1,000 items (0 when dropped)
+    #: items per 1,000 whose verdict here escalated because the tier has no threshold for its source
+    source_mismatches_per_1000: float = 0.0
 
     def describe(self) -> str:
         if self.threshold is None:
             return f"{self.judge} (tier {self.tier}) dropped: no threshold certified, never called"
-        at = "accepts nothing (audit)" if math.isinf(self.threshold) else f"threshold {self.threshold:.3f}"
-        return f"{self.judge} (tier {self.tier}) {at}, called on {self.calls_per_1000:.0f} per 1,000 items"
+
+        def at(value: float) -> str:
+            return "accepts nothing (audit)" if math.isinf(value) else f"threshold {value:.3f}"
+
+        if isinstance(self.threshold, int | float):
+            rule = at(self.threshold)
+        else:
+            rule = ", ".join(f"{at(v)} for {s or 'unsaid'}" for s, v in sorted(self.threshold.items()))
+            rule += " (other confidence sources escalate"
+            rule += f": {self.source_mismatches_per_1000:.0f} per 1,000 items)"
+        return f"{self.judge} (tier {self.tier}) {rule}, called on {self.calls_per_1000:.0f} per 1,000 items"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +119,7 @@ class CascadeSpec:
     """The cascade to report: its judges (cheapest first), the route plan and where it came from."""
 
     tiers: tuple[TierSpec, ...]
-    plan: tuple[tuple[int, float], ...]
+    plan: tuple[tuple[int, Threshold], ...]
     source: str
 
 
@@ -262,6 +273,9 @@ def build_report(
                     tier=spec.tier,
                     threshold=thresholds.get(index),
                     calls_per_1000=cascade_calls.get(spec.judge, 0.0),
+                    source_mismatches_per_1000=1000.0 * sum(index in r.source_mismatches for r in routed) / n
+                    if n
+                    else 0.0,
                 )
             )
     for judge in data.judges:
@@ -270,28 +284,39 @@ def build_report(
             continue
         if progress is not None:
             progress(judge)
-        judged = [i for i in truth if i in verdicts]
-        pairs = [(truth[i], label) for i in judged if (label := verdicts[i].label) is not None]
-        rows.append(
-            _scores(
-                judge,
-                next(iter(verdicts.values())).tier,
-                len(judged),
-                pairs,
-                {i: v.label for i, v in verdicts.items() if v.label is not None},
-                alt_humans,
-                n_resamples=n_resamples,
-                seed=seed,
-                alt_epsilon=alt_epsilon,
-                escalation_rate=escalation.get(judge),
-                audit_rate=None,
-                cost_per_1000=1000.0 * sum(verdicts[i].cost_usd for i in judged) / len(judged)
-                if judged
-                else 0.0,
-                calls_per_1000={},
-                positions=[verdicts[i].position_labels for i in judged],
+        everything = [i for i in truth if i in verdicts]
+        sources = sorted({verdicts[i].confidence_source for i in everything})
+        # the judge, then (when its confidences come from several sources) each source on its own
+        parts: list[tuple[str, str | None]] = [(judge, None)]  # (row name, source or None: all)
+        if len(sources) > 1:
+            parts += [(f"{judge} [{source or 'unsaid'}]", source) for source in sources]
+        for name, only in parts:
+            judged = [i for i in everything if only is None or verdicts[i].confidence_source == only]
+            pairs = [(truth[i], label) for i in judged if (label := verdicts[i].label) is not None]
+            rows.append(
+                _scores(
+                    name,
+                    next(iter(verdicts.values())).tier,
+                    len(judged),
+                    pairs,
+                    {
+                        i: v.label
+                        for i, v in verdicts.items()
+                        if v.label is not None and (only is None or v.confidence_source == only)
+                    },
+                    alt_humans,
+                    n_resamples=n_resamples,
+                    seed=seed,
+                    alt_epsilon=alt_epsilon,
+                    escalation_rate=escalation.get(name),
+                    audit_rate=None,
+                    cost_per_1000=1000.0 * sum(verdicts[i].cost_usd for i in judged) / len(judged)
+                    if judged
+                    else 0.0,
+                    calls_per_1000={},
+                    positions=[verdicts[i].position_labels for i in judged],
+                )
             )
-        )
     if cascade_row is not None:
         rows.append(cascade_row)
     notes = list(data.notes)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from evalstream.evaluation.calibration import CalibrationError, CalibrationItem, TierSpec
-from evalstream.wire.cascade_config import CascadeConfig
+from evalstream.wire.cascade_config import CascadeConfig, Threshold, threshold_for
 from evalstream.wire.dimensions import Dimension
 
 __all__ = ["RouteSummary", "Routed", "config_plan", "route", "summarise_routes"]
@@ -26,22 +26,31 @@ class Routed:
     label: str | None
     called: tuple[int, ...]  # verdict indices of the tiers called, in order
     cost_usd: float
+    #: verdict indices whose verdict escalated because the tier has no threshold for its source
+    source_mismatches: tuple[int, ...] = ()
 
 
-def route(items: Sequence[CalibrationItem], plan: Sequence[tuple[int, float]]) -> list[Routed]:
+def route(items: Sequence[CalibrationItem], plan: Sequence[tuple[int, Threshold]]) -> list[Routed]:
     """Send each item down the cascade as the pipeline does: ``plan`` lists ``(verdict index,
-    threshold)`` per tier; a verdict is accepted when it has a label and confidence >= threshold,
-    otherwise the item escalates; past the last tier it goes to audit."""
+    threshold)`` per tier, the threshold one number or one per confidence source
+    (``threshold_for``); a verdict is accepted when it has a label and confidence >= the threshold
+    of its source, otherwise the item escalates (a source without a threshold is counted in
+    ``source_mismatches``); past the last tier it goes to audit."""
     out = []
     for item in items:
         called: list[int] = []
+        mismatched: list[int] = []
         cost = 0.0
         accepted_by: int | None = None
         for index, threshold in plan:
             verdict = item.verdicts[index]
             called.append(index)
             cost += verdict.cost_usd
-            if verdict.label is not None and verdict.confidence >= threshold:
+            applies = threshold_for(threshold, verdict.confidence_source)
+            if applies is None:
+                mismatched.append(index)
+                continue
+            if verdict.label is not None and verdict.confidence >= applies:
                 accepted_by = index
                 break
         label = item.verdicts[accepted_by].label if accepted_by is not None else None
@@ -52,6 +61,7 @@ def route(items: Sequence[CalibrationItem], plan: Sequence[tuple[int, float]]) -
                 label=label,
                 called=tuple(called),
                 cost_usd=cost,
+                source_mismatches=tuple(mismatched),
             )
         )
     return out
@@ -94,7 +104,7 @@ def summarise_routes(items: Sequence[CalibrationItem], routed: Sequence[Routed])
 
 def config_plan(
     config: CascadeConfig, dimension: Dimension, tiers: Sequence[TierSpec]
-) -> list[tuple[int, float]]:
+) -> list[tuple[int, Threshold]]:
     """A config's tier rules for ``dimension`` as a ``route`` plan over ``tiers`` (by judge name where
     the rule names one, else by tier number)."""
     spec = config.dimensions.get(dimension.value)
@@ -112,5 +122,5 @@ def config_plan(
                 f"config tier {rule.tier} (judge {rule.judge or 'unnamed'}) matches {len(matches)} of the "
                 f"data's judges {[(t.tier, t.judge) for t in tiers]}; name the judges with --judges"
             )
-        plan.append((matches[0], rule.threshold))
+        plan.append((matches[0], rule.thresholds()))
     return plan

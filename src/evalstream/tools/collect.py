@@ -119,6 +119,7 @@ def collect_items(
                             cost_usd=j.cost.usd if j else 0.0,
                             input_tokens=j.cost.input_tokens if j else 0,
                             output_tokens=j.cost.output_tokens if j else 0,
+                            confidence_source=j.confidence_source if usable and j else "",
                         )
                     )
             done += len(chunk)

@@ -15,6 +15,16 @@ reaching it is audited rather than guessed.
 the deciding ones (shadow judging): ``evalstream recalibrate`` writes there every tier it could
 consider, so that a tier a refit dropped from ``tiers`` is still judged on the sample and a later refit
 can bring it back when the labels support it. They never change a verdict.
+
+Confidence sources: a judgement says where its confidence came from
+(``Judgement.confidence_source``: ``logprobs``, ``agreement``, ``single``, ``rule_precision``,
+``classifier_probability`` ...), and confidences from different sources are not on one scale. A
+threshold fitted on one source's judgements names it (``confidence_source``); a tier whose
+judgements mixed sources has one threshold per source (``source_thresholds`` beside the main one).
+The pipeline accepts a judgement only under the threshold of its own source; a judgement from a
+source the tier was not fitted for escalates (and, at the last tier, goes to audit), counted as a
+source mismatch. A rule without ``confidence_source`` (a config fitted before sources were recorded,
+or on data without them) applies to every source.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -38,10 +49,32 @@ __all__ = [
     "DimensionCascade",
     "OffsetRange",
     "Provenance",
+    "Threshold",
     "TierRule",
     "content_version",
     "default_cascade",
+    "threshold_for",
 ]
+
+#: A tier's threshold as routing applies it: one for every judgement (a number), or one per confidence
+#: source (a judgement from a source not listed is never accepted at that tier).
+Threshold = float | Mapping[str, float]
+
+
+def threshold_for(threshold: Threshold, source: str) -> float | None:
+    """The threshold a judgement with confidence source ``source`` must reach, or None when the tier
+    has no threshold for that source (the judgement escalates)."""
+    if isinstance(threshold, int | float):
+        return float(threshold)
+    return threshold.get(source)
+
+
+def _check_threshold(value: float) -> float:
+    if not (0.0 <= value <= 1.0 or value == math.inf):
+        raise ValueError(
+            f"threshold must be in [0, 1] (accept when confidence >= threshold) or .inf (never), got {value}"
+        )
+    return value
 
 
 class TierRule(BaseModel):
@@ -59,6 +92,13 @@ class TierRule(BaseModel):
     judge: str | None = None
     #: Where that judge's confidence comes from (thresholds are on this scale).
     confidence: str = ""
+    #: The confidence source of the judgements ``threshold`` was fitted on (``Judgement.confidence_source``);
+    #: a judgement from another source is not accepted under it. Empty: every source (unfitted, or
+    #: fitted on data that did not record sources).
+    confidence_source: str = ""
+    #: Thresholds for further sources of the same tier, when its judgements mixed sources (each fitted
+    #: on its own source's judgements).
+    source_thresholds: dict[str, float] = Field(default_factory=dict)
     #: Clopper-Pearson upper bound on the accepted items' disagreement rate at the tier's share of delta.
     calibrated_upper_bound: float | None = None
     #: Calibration items that reached this tier.
@@ -67,18 +107,45 @@ class TierRule(BaseModel):
     @field_validator("threshold")
     @classmethod
     def _threshold(cls, value: float) -> float:
-        if not (0.0 <= value <= 1.0 or value == math.inf):
-            raise ValueError(
-                "threshold must be in [0, 1] (accept when confidence >= threshold) or .inf (never), "
-                f"got {value}"
-            )
+        return _check_threshold(value)
+
+    @field_validator("source_thresholds")
+    @classmethod
+    def _source_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for threshold in value.values():
+            _check_threshold(threshold)
         return value
 
+    @model_validator(mode="after")
+    def _sources(self) -> TierRule:
+        if self.source_thresholds and not self.confidence_source:
+            raise ValueError(
+                "source_thresholds need confidence_source: name the source the main threshold is for"
+            )
+        if self.confidence_source in self.source_thresholds:
+            raise ValueError(
+                f"confidence source {self.confidence_source!r} has two thresholds (threshold and "
+                "source_thresholds); keep one"
+            )
+        return self
+
+    def thresholds(self) -> Threshold:
+        """The rule's threshold(s) as routing applies them (``threshold_for``)."""
+        if not self.confidence_source:
+            return self.threshold
+        return {self.confidence_source: self.threshold, **self.source_thresholds}
+
     def rule(self) -> str:
-        """The rule in words: "tier 0 >= 0.789", or "tier 2 never accepts" for an infinite threshold."""
-        if math.isinf(self.threshold):
-            return f"tier {self.tier} never accepts"
-        return f"tier {self.tier} >= {self.threshold:.3g}"
+        """The rule in words: "tier 0 >= 0.789", "tier 2 (agreement) >= 0.8", or "tier 2 never
+        accepts" for an infinite threshold."""
+
+        def one(threshold: float, source: str) -> str:
+            where = f"tier {self.tier}" + (f" ({source})" if source else "")
+            return f"{where} never accepts" if math.isinf(threshold) else f"{where} >= {threshold:.3g}"
+
+        parts = [one(self.threshold, self.confidence_source)]
+        parts += [one(v, k) for k, v in sorted(self.source_thresholds.items())]
+        return "; ".join(parts)
 
 
 class DimensionCascade(BaseModel):

@@ -88,6 +88,13 @@ def from_votes(votes: Sequence[str | None]) -> tuple[str | None, float]:
     return label.value, max(p, 1.0 - p)
 
 
+#: ``confidence_source`` of recorded verdicts (the judgement table's column; the ``*_SOURCE`` texts
+#: say how each is computed): the empirical precision of a judge's label on the fit split, the
+#: share of the presentation orders behind a verdict, a reward model's score margin.
+LABEL_PRECISION: Final = "label_precision"
+ORDER_VOTES: Final = "order_votes"
+REWARD_MARGIN: Final = "reward_margin"
+
 VOTES_SOURCE: Final = (
     "share of the two presentation orders backing the verdict (a tie or unparsed order counts half)"
 )

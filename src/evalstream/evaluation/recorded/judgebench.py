@@ -24,6 +24,8 @@ from evalstream.wire.jsonl import json_objects
 
 from .common import (
     FRACTIONS,
+    ORDER_VOTES,
+    REWARD_MARGIN,
     TEMPLATE_CHARS,
     VOTES_SOURCE,
     Content,
@@ -170,6 +172,7 @@ def build_judgebench(root: Path | None = None, *, seed: int = 0) -> LabelledItem
                     input_tokens=in_tokens,
                     output_tokens=out_tokens,
                     position_labels=positions,
+                    confidence_source=REWARD_MARGIN if tier == 1 else ORDER_VOTES,
                 )
             )
         if seen != set(pairs):

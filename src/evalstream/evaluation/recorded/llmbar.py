@@ -24,6 +24,7 @@ from evalstream.wire.dimensions import Dimension, PairwiseLabel
 
 from .common import (
     FRACTIONS,
+    ORDER_VOTES,
     TEMPLATE_CHARS,
     VOTES_SOURCE,
     Content,
@@ -113,6 +114,7 @@ def build_llmbar(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
                         input_tokens=in_tokens,
                         output_tokens=out_tokens,
                         position_labels=tuple(votes),
+                        confidence_source=ORDER_VOTES,
                     )
                 )
         for index, gold in enumerate(dataset):

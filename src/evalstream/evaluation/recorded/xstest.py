@@ -18,7 +18,17 @@ from evalstream.evaluation.judgements import (
 from evalstream.evaluation.labelled_items import LabelledItems
 from evalstream.wire.dimensions import Dimension
 
-from .common import FRACTIONS, TEMPLATE_CHARS, Content, RecordedData, cost, cost_note, labelled_items, tokens
+from .common import (
+    FRACTIONS,
+    LABEL_PRECISION,
+    TEMPLATE_CHARS,
+    Content,
+    RecordedData,
+    cost,
+    cost_note,
+    labelled_items,
+    tokens,
+)
 
 # --- XSTest ----------------------------------------------------------------------------------------
 
@@ -64,6 +74,7 @@ def build_xstest(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
                 judge="strmatch",
                 label=r.strmatch_label.value,
                 confidence=confidence("strmatch", r.model, r.strmatch_label.value),
+                confidence_source=LABEL_PRECISION,
             )
         )
         in_tokens = tokens(TEMPLATE_CHARS + len(r.prompt) + len(r.completion))
@@ -80,6 +91,7 @@ def build_xstest(root: Path | None = None, *, seed: int = 0) -> LabelledItems:
                 cost_usd=cost("gpt-4", in_tokens, out_tokens),
                 input_tokens=in_tokens,
                 output_tokens=out_tokens,
+                confidence_source=LABEL_PRECISION,
             )
         )
         for annotator, label in (
