@@ -58,9 +58,8 @@ from evalstream.wire.dimensions import Dimension, Tier
 from .base import DimensionFailure, ItemOutcome, JudgeInput, JudgeOutput
 from .circuit import register_breaker_metrics
 from .llm_calls import CallRunner, _Call, _CallResult
-from .llm_http import (
-    _MESSAGE_EXCERPT,
-    ChatReply,
+from .llm_client import _MESSAGE_EXCERPT, _ChatClient
+from .llm_errors import (
     LLMAuthError,
     LLMCircuitOpen,
     LLMClosedError,
@@ -68,7 +67,6 @@ from .llm_http import (
     LLMDeadlineExceeded,
     LLMError,
     LLMFormatUnsupported,
-    LLMJudgeSettings,
     LLMModelMismatch,
     LLMProtocolError,
     LLMRateLimitError,
@@ -77,11 +75,10 @@ from .llm_http import (
     LLMStatusError,
     LLMTimeoutError,
     LLMUnparseableReply,
-    RetryPolicy,
-    TokenLogprob,
-    _ChatClient,
 )
+from .llm_http import LLMJudgeSettings, RetryPolicy
 from .llm_votes import Vote, combine_votes, label_probabilities, score_probabilities
+from .llm_wire import ChatReply, TokenLogprob
 from .prompts import (
     PromptTemplate,
     load_prompt,

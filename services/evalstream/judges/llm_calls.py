@@ -13,23 +13,19 @@ from typing import Any, Final
 
 from evalstream.wire.dimensions import Dimension
 
+from .llm_client import _ChatClient
 from .llm_dialect import DialectNegotiator
-from .llm_http import (
-    ChatReply,
-    Choice,
+from .llm_errors import (
     LLMClosedError,
     LLMDeadlineExceeded,
     LLMError,
     LLMFormatUnsupported,
-    LLMJudgeSettings,
     LLMModelMismatch,
     LLMUnparseableReply,
-    RetryPolicy,
-    _ChatClient,
-    model_listed,
-    model_matches,
 )
+from .llm_http import LLMJudgeSettings, RetryPolicy
 from .llm_votes import Vote, _vote
+from .llm_wire import ChatReply, Choice, model_listed, model_matches
 from .prompts import (
     Dialect,
     PromptTemplate,

@@ -21,14 +21,22 @@ A stream that says ``[DONE]`` with a choice that has no ``finish_reason`` was cu
 server: llama-cpp-python's ``interrupt_requests`` (on by default) ends a running stream when another
 request arrives. That is ``LLMInterrupted`` (retried, and counted as overload: the adaptive limit
 halves). A stream that ends without ``[DONE]`` is a broken connection.
+
+``_Watchdog`` ends an attempt on time whatever the read waits for: it shuts the connection's socket
+down at the attempt's end, so the server sees the client leave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import httpx
 
 __all__ = ["StreamBroken", "StreamInterrupted", "reassemble"]
 
@@ -133,3 +141,32 @@ def reassemble(lines: Iterator[str], *, on_chunk: Callable[[], None] = lambda: N
         ],
         "usage": usage,
     }
+
+
+class _Watchdog:
+    """Shuts the response's socket down after ``seconds`` unless stopped first: a read waiting for
+    the next streamed line (a server still evaluating the prompt sends nothing) then ends at once,
+    and the server sees the connection close. Without access to the socket (another transport) the
+    attempt ends at the read timeout instead."""
+
+    def __init__(self, response: httpx.Response, seconds: float) -> None:
+        self.fired = False
+        self._stopped = threading.Event()
+        stream = response.extensions.get("network_stream")
+        self._socket: socket.socket | None = stream.get_extra_info("socket") if stream is not None else None
+        self._thread: threading.Thread | None = None
+        if isinstance(self._socket, socket.socket):
+            self._thread = threading.Thread(
+                target=self._run, args=(max(0.0, seconds),), name="llm-stream-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, seconds: float) -> None:
+        if self._stopped.wait(seconds) or self._socket is None:
+            return
+        self.fired = True
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self._stopped.set()
