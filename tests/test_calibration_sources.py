@@ -25,6 +25,7 @@ from evalstream.evaluation.calibration import (
 from evalstream.evaluation.datasets import read_xstest
 from evalstream.evaluation.judgements import Split, read_judgements, write_judgements
 from evalstream.evaluation.recorded import build
+from evalstream.evaluation.report import CascadeSpec, build_report
 from evalstream.evaluation.routing import config_plan, route, summarise_routes
 from evalstream.judges.base import input_from_event
 from evalstream.judges.rules import RULE_PRECISION, RulesJudge
@@ -238,3 +239,25 @@ def test_every_live_judge_says_its_confidence_source(shared_data: Path) -> None:
     outcomes = judge.judge_batch(inputs, frozenset({"refusal", "format"}))
     sources = {(j.dimension, j.confidence_source) for o in outcomes for j in o.judgements}
     assert sources == {("refusal", "rule_precision"), ("format", "rule_fixed")}
+
+
+def test_the_report_shows_a_judge_per_source_and_the_plan_per_source(xstest) -> None:
+    data, _, _, _ = xstest
+    test = data.split(Split.TEST)
+    judgements = tuple(
+        replace(j, confidence=j.confidence**2, confidence_source="squared")
+        if j.judge == "gpt-4" and half(j.item_id)
+        else j
+        for j in test.judgements
+    )
+    mixed_set = replace(test, judgements=judgements)
+    items, specs = cascade_items(mixed_set, REFUSAL, JUDGES)
+    result = calibrate(items, specs, dimension=REFUSAL, alpha=0.1, delta=0.1)
+    spec = CascadeSpec(tiers=tuple(specs), plan=tuple(result.plan()), source="fitted here")
+    report = build_report(mixed_set, REFUSAL, spec, split="test", n_resamples=0)
+    rows = {r.name: r for r in report.judges}
+    assert rows["gpt-4 [label_precision]"].items + rows["gpt-4 [squared]"].items == rows["gpt-4"].items
+    assert "strmatch [label_precision]" not in rows  # one source: no breakdown
+    (step,) = [s for s in report.cascade_plan if s.judge == "gpt-4"]
+    assert isinstance(step.threshold, dict) and set(step.threshold) == {"label_precision", "squared"}
+    assert "for squared" in step.describe() and "other confidence sources escalate" in step.describe()
