@@ -261,3 +261,26 @@ def test_the_report_shows_a_judge_per_source_and_the_plan_per_source(xstest) -> 
     (step,) = [s for s in report.cascade_plan if s.judge == "gpt-4"]
     assert isinstance(step.threshold, dict) and set(step.threshold) == {"label_precision", "squared"}
     assert "for squared" in step.describe() and "other confidence sources escalate" in step.describe()
+
+
+@pytest.mark.slow
+def test_the_encoder_judge_says_its_confidence_source(encoder_artefact: Path, shared_data: Path) -> None:
+    """Tier 1 (the encoder, trained once per session by conftest) on real XSTest responses."""
+    from evalstream.judges.encoder import CLASSIFIER_PROBABILITY, EncoderJudge
+
+    judge = EncoderJudge.load(encoder_artefact, num_threads=1)
+    records = read_xstest(shared_data)[:8]
+    inputs = [
+        input_from_event(
+            str(i),
+            events_pb2.LLMEvent(
+                event_id=str(i),
+                messages=[events_pb2.Message(role="user", content=r.prompt)],
+                response=r.completion,
+            ),
+        )
+        for i, r in enumerate(records)
+    ]
+    outcomes = judge.judge_batch(inputs, frozenset({"refusal", "quality"}))
+    judged = [j for o in outcomes for j in o.judgements]
+    assert len(judged) == 16 and {j.confidence_source for j in judged} == {CLASSIFIER_PROBABILITY}
