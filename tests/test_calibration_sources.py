@@ -29,7 +29,7 @@ from evalstream.evaluation.report import CascadeSpec, build_report
 from evalstream.evaluation.routing import config_plan, route, summarise_routes
 from evalstream.judges.base import input_from_event
 from evalstream.judges.rules import RULE_PRECISION, RulesJudge
-from evalstream.judges.server import to_response
+from evalstream.judges.servicer import to_response
 from evalstream.pipeline.cascade import judge_batch
 from evalstream.pipeline.records import SampledEvent
 from evalstream.v1 import events_pb2, judge_pb2
