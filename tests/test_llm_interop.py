@@ -263,17 +263,30 @@ def test_a_call_the_judge_gives_up_on_stops_generating_and_frees_the_slot(
 ) -> None:
     """The judge gives up on a generation of up to 1,200 tokens (about a minute here) after 15 s.
     Streamed, it closes the connection and llama-cpp-python stops at the next token; a plain request
-    would be generated to the end for nobody, and the next caller would wait for it."""
+    would be generated to the end for nobody, and the next caller would wait for it.
+
+    Whether a reply runs long depends on the prompt's random nonce: SmolLM2 ran the first item to
+    max_tokens in 3 of 4 runs, and ended early (an answered or unparseable reply, nothing to abandon)
+    in the fourth. So items are tried in turn until one call is given up on; a run where none of six
+    is fails, saying so."""
     server, base_url = llama
     idle = probe(base_url)  # the same run's baseline: the slot is free
-    log_before = len(server.output())
-    req = request(shared_data, 1, seed=17, dimensions=("refusal",))
-    started = time.monotonic()
-    response = call(judge, req, deadline_s=120)
-    gave_up = time.monotonic() - started
-    (result,) = response.results
+    tried: list[str] = []
+    for seed in range(17, 23):
+        log_before = len(server.output())
+        req = request(shared_data, 1, seed=seed, dimensions=("refusal",))
+        started = time.monotonic()
+        response = call(judge, req, deadline_s=120)
+        gave_up = time.monotonic() - started
+        (result,) = response.results
+        errors = [e.error_type for e in result.dimension_errors]
+        if errors == ["timeout"]:
+            break
+        tried.append(f"seed {seed}: {errors or 'judged'} in {gave_up:.1f}s")
+    else:
+        pytest.fail(f"no generation ran past the 15 s attempt, nothing was abandoned: {tried}")
     (error,) = result.dimension_errors
-    assert error.error_type == "timeout" and "the stream was closed" in error.error, result
+    assert "the stream was closed" in error.error, result
     wait_until(
         lambda: "Disconnected from client" in server.output()[log_before:],
         timeout=60,
