@@ -21,7 +21,13 @@ from evalstream.local.broker import EmbeddedBroker
 from evalstream.runtime.settings import KafkaSettings
 from evalstream.tools.recalibrate import recalibrate
 from evalstream.v1 import verdict_pb2
-from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule, content_version
+from evalstream.wire.cascade_config import (
+    CascadeConfig,
+    DimensionCascade,
+    TierRule,
+    content_version,
+    threshold_for,
+)
 from evalstream.wire.dimensions import Dimension
 
 JUDGED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -168,6 +174,22 @@ def test_refit_certifies_thresholds_that_hold_and_keeps_dimensions_without_enoug
     assert accepted > 2000 and wrong / accepted <= 0.1
     # too few items: every dimension kept
     assert set(refit(joined, BASE, alpha=0.1, delta=0.1, min_items=5000).kept) == {"refusal", "format"}
+
+
+def test_refit_records_the_confidence_source_each_threshold_was_fitted_for() -> None:
+    verdicts, labels, _ = traffic(1200)
+    for verdict in verdicts:
+        for j in verdict.dimensions[0].judgements:
+            j.confidence_source = "rule_precision" if j.tier == 0 else "classifier_probability"
+    joined = join_labels(verdicts, labels, cascade=BASE, truth_annotator="adjudicated")
+    rules = refit(joined, BASE, alpha=0.1, delta=0.1, min_items=100).dimensions["refusal"].tiers
+    assert [(r.tier, r.confidence_source) for r in rules] == [
+        (0, "rule_precision"),
+        (1, "classifier_probability"),
+    ]
+    # a judgement from another source than the fitted one gets no threshold: it escalates
+    assert threshold_for(rules[0].thresholds(), "logprobs") is None
+    assert threshold_for(rules[0].thresholds(), "rule_precision") == rules[0].threshold
 
 
 def test_a_dropped_tier_stays_a_shadow_tier_and_comes_back_when_the_labels_support_it() -> None:

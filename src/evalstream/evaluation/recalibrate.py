@@ -326,6 +326,7 @@ def refit(
                             label=item.judgements[t].label,
                             confidence=item.judgements[t].confidence,
                             cost_usd=item.judgements[t].cost.usd,
+                            confidence_source=item.judgements[t].confidence_source,
                         )
                         for t in tiers
                     ),
