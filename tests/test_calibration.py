@@ -426,6 +426,8 @@ def test_config_round_trips_and_routes_the_same(tmp_path):
     assert rules[0].calibrated_coverage == pytest.approx(result.tiers[0].accepted / 600)
     assert rules[0].calibrated_upper_bound is not None and rules[0].calibrated_upper_bound <= 0.1
     assert config_plan(loaded, REFUSAL, tiers) == result.plan()
+    # every tier considered stays a shadow tier: one the fit drops is still judged on the sample
+    assert loaded.dimensions["refusal"].shadow_tiers == [0, 2]
 
 
 def test_threshold_inf_means_never_and_other_values_are_rejected():

@@ -471,8 +471,15 @@ def to_config(
         alpha=calibrations[0].alpha,
         delta=calibrations[0].delta,
         calibration_data=calibration_data,
-        dimensions={c.dimension.value: DimensionCascade(tiers=c.rules()) for c in calibrations},
+        dimensions={c.dimension.value: _dimension_cascade(c) for c in calibrations},
     )
+
+
+def _dimension_cascade(calibration: CascadeCalibration) -> DimensionCascade:
+    """The dimension's rules, with every tier the calibration considered as a shadow tier: a tier it
+    dropped is still judged on the calibration sample, so ``evalstream recalibrate`` can bring it back."""
+    considered = sorted({t.spec.tier for t in calibration.tiers})
+    return DimensionCascade(tiers=calibration.rules(), shadow_tiers=considered)
 
 
 # --- from tables -----------------------------------------------------------------------------------
