@@ -41,6 +41,8 @@ _log = logging.getLogger(__name__.removesuffix("_calls"))  # log under the judge
 
 #: A chosen token this much (natural log) less likely than a listed alternative, at temperature 0,
 #: shows logprobs that are not the distribution the reply was decoded from.
+#: A reply that does not fit the verdict schema is asked again this many times.
+REASKS: Final = 1
 _GREEDY_SLACK: Final = math.log(1.01)
 
 
@@ -326,7 +328,7 @@ class CallRunner:
                 return result
             first_problem, raw = problems[0]
             reason = self._client.scrub(str(first_problem))  # the reply's own text, which may echo the key
-            if reasks >= self._policy.reasks:
+            if reasks >= REASKS:
                 raise LLMUnparseableReply(
                     f"model {call.model} replied {len(problems)}x outside the verdict schema "
                     f"after {reasks + 1} asks (response_format {result.dialect}): {reason}",

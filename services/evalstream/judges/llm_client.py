@@ -13,18 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-from tenacity.stop import stop_base
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from .circuit import endpoint_breaker
 from .concurrency import AdaptiveLimit, SlotTimeout
 from .llm_errors import (
+    RETRYABLE_STATUS,
     LLMAuthError,
     LLMCircuitOpen,
     LLMClosedError,
@@ -49,24 +43,15 @@ from .llm_stream import StreamBroken, StreamInterrupted, _Watchdog, reassemble
 from .llm_wire import ChatReply, _chat_reply, _safe, _secret_forms
 
 if TYPE_CHECKING:
-    from .llm_http import LLMJudgeSettings, RetryPolicy
+    from evalstream.runtime.retry import RetryPolicy
+
+    from .llm_http import LLMJudgeSettings
 
 __all__: list[str] = []  # private to the judge: ``llm_http`` is the public face
 
 _log = logging.getLogger(__name__.removesuffix("_client"))  # log under the judge's name (judges.llm)
 _MESSAGE_EXCERPT: Final = 300
 _BODY_HEAD: Final = 120  # bytes of a non-JSON body quoted in the error
-
-
-class _StopBeforeDeadline(stop_base):
-    """Stop when the next sleep would end past the deadline: no attempt is started to be cut off."""
-
-    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
-        self._deadline = deadline
-        self._clock = clock
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._clock() + retry_state.upcoming_sleep >= self._deadline
 
 
 class _ChatClient:
@@ -173,7 +158,7 @@ class _ChatClient:
         policy = self._policy
         attempts = 0
 
-        backoff = wait_random_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+        backoff = policy.wait()
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -193,7 +178,7 @@ class _ChatClient:
             )  # fmt: skip
 
         retrying = Retrying(
-            stop=stop_after_attempt(policy.max_attempts) | _StopBeforeDeadline(deadline, self._clock),
+            stop=policy.stop(deadline, self._clock),
             wait=wait,
             sleep=sleep,
             retry=retry_if_exception(lambda e: isinstance(e, LLMError) and self._retryable(e)),
@@ -289,7 +274,7 @@ class _ChatClient:
         if isinstance(exc, LLMFormatUnsupported):
             return False
         if isinstance(exc, LLMStatusError):
-            return exc.status in self._policy.retryable_status
+            return exc.status in RETRYABLE_STATUS
         return exc.retryable
 
     @property

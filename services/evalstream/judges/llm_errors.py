@@ -5,9 +5,12 @@ whether it counts against the endpoint's circuit breaker (the tree is in ``llm_h
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import httpx
+
+#: HTTP statuses an attempt is retried on; other statuses are answers (``llm_http``'s error tree).
+RETRYABLE_STATUS: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 class LLMError(Exception):

@@ -14,7 +14,7 @@ Errors, translated from httpx at the client's edge (``error_type`` goes into ``I
     │   │                                                       counted as overload, not by the breaker
     │   └── LLMNotAnAPI               not_an_api          no    a body that is not JSON by its content
     │                                                           type (an HTML page): a wrong base URL
-    ├── LLMStatusError                http_error          by status (RetryPolicy.retryable_status)
+    ├── LLMStatusError                http_error          by status (RETRYABLE_STATUS)
     │   ├── LLMRateLimitError         rate_limited        yes   429; honours retry-after
     │   ├── LLMServerError            server_error        yes   5xx
     │   ├── LLMAuthError              auth                no    401, 403
@@ -54,14 +54,16 @@ applied by ``_ChatClient.scrub``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from evalstream.runtime.retry import RetryPolicy
+
 from .llm_errors import (
+    RETRYABLE_STATUS,
     LLMAuthError,
     LLMCircuitOpen,
     LLMClosedError,
@@ -84,6 +86,7 @@ from .llm_errors import (
 from .llm_wire import ChatReply, Choice, TokenLogprob, model_listed, model_matches
 
 __all__ = [
+    "RETRYABLE_STATUS",
     "ChatReply",
     "Choice",
     "LLMAuthError",
@@ -113,20 +116,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """One deadline for a call and all its attempts; jittered exponential backoff; stop early when
-    the next sleep would pass the deadline. Tests shrink it."""
-
-    deadline_s: float = 60.0
-    attempt_timeout_s: float = 30.0  # capped by what is left of the deadline
-    max_attempts: int = 5
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 8.0
-    retryable_status: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
-    reasks: int = 1  # a reply that does not fit the schema is asked again this many times
 
 
 class LLMJudgeSettings(BaseSettings):
@@ -209,10 +198,15 @@ class LLMJudgeSettings(BaseSettings):
         return (self.model, *(m for m in self.panel if m != self.model))
 
     def retry_policy(self) -> RetryPolicy:
+        """The one retry policy type (``evalstream.runtime.retry``), with this endpoint's deadlines
+        and a backoff for a model server: 0.5 s doubling to 8 s, jittered by up to 0.5 s."""
         return RetryPolicy(
             deadline_s=self.deadline_s,
             attempt_timeout_s=self.attempt_timeout_s,
             max_attempts=self.max_attempts,
+            backoff_initial_s=0.5,
+            backoff_max_s=8.0,
+            jitter_s=0.5,
         )
 
     def resolve_api_key(self) -> SecretStr | None:
