@@ -21,7 +21,7 @@ from evalstream.judges.llm import RetryPolicy as LLMRetryPolicy
 from evalstream.judges.registry import create_judge
 from evalstream.judges.server import JudgeServer, create_server
 from evalstream.judges.settings import JudgeServerSettings
-from evalstream.pipeline.cascade import SharedBreakers
+from evalstream.pipeline.judge_cascade import SharedBreakers
 from evalstream.pipeline.judge_client import JudgeClient, JudgeRejected, JudgeUnavailable, RetryPolicy
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker, CircuitState
 from evalstream.runtime.procs import free_port, wait_until

@@ -495,6 +495,10 @@ def test_llm_endpoint_faults_end_as_judged_or_dead_lettered_with_the_reason(
     cascade = write_cascade(tmp_path / "cascade.yaml", (0, 1.0), (2, 0.0))  # tier 0 accepts only certainty
     judges = f"0={tiers.judges[0].address},2={llm_stack.judge.address}"
     pipe = pipeline(broker.bootstrap, judges, t, unique, tmp_path, "--cascade-config", str(cascade))
+    # One item per request (two in flight): the LLM judge's 3 s deadline counts from a request's
+    # arrival and its endpoint concurrency starts at one call, so a request of several items, each
+    # retried twice (~0.7 s a call), would outlast it. (BatchElements used to start with single items.)
+    pipe.env["EVALSTREAM_PIPELINE_JUDGE_BATCH_SIZE"] = "1"
     children.append(pipe)
     pipe.start()
     reader = TopicReader(broker.bootstrap, [t.verdicts, t.dead, t.summaries])

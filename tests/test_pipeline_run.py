@@ -148,6 +148,8 @@ def test_judge_down_dead_letters_then_recovers(
         "0",
     )
     children.append(pipe)
+    # 20 events in 4 judge requests: the circuit opens during the first ones and refuses the rest.
+    pipe.env["EVALSTREAM_PIPELINE_JUDGE_BATCH_SIZE"] = "5"
     pipe.start(timeout=60)
     try:
         produce(

@@ -1,4 +1,4 @@
-"""JudgeCascade: batched calls to judge tiers, escalation by calibrated thresholds, dead letters.
+"""The judge cascade: batched calls to judge tiers, escalation by calibrated thresholds, dead letters.
 
 For each dimension in the cascade config, tiers are tried in order. A tier's judgement is accepted
 when its confidence is at least that tier's threshold for the judgement's confidence source
@@ -16,8 +16,7 @@ decided, so each sampled event ends as exactly one verdict or one dead letter.
 
 A tier whose circuit breaker is open (``pipelines/evalstream/pipeline/judge_client.py``) fails at once with
 ``JudgeUnavailable``, so the same rule applies without waiting out the deadline. The breakers
-outlive each micro-batch's pipeline: the runner lends them to the DoFn through ``SharedBreakers``
-(Beam's ``Shared``, as ``Dedupe`` borrows its window of seen ids).
+outlive each micro-batch's pipeline (``judge_cascade.SharedBreakers``).
 
 Response statistics (``ItemResult.stats``, e.g. tier 1's embedding statistics) that a tier returns
 for an item it answered are kept on the event's verdict (``Verdict.response_stats``; when two tiers
@@ -47,38 +46,24 @@ judge endpoint (shadow judging: a tier a recalibration dropped stays judged, so 
 it back): recorded and paid for, never changing the verdict nor ``tiers_tried``; their verdicts carry
 ``calibration_sample`` and go to the audit output.
 
-The core (``judge_batch``) is pure given a ``call`` function; the Beam shell wires real gRPC clients.
+The core (``judge_batch``) is pure given a ``call`` function; the Beam step (``judge_cascade.py``)
+wires real gRPC clients.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
-from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
-import apache_beam as beam
-from apache_beam.transforms.window import BoundedWindow
-from apache_beam.utils import shared
-from apache_beam.utils.timestamp import Timestamp
-from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
 
 from evalstream.pipeline.calibration_sample import CalibrationSample
-from evalstream.pipeline.judge_client import (
-    JudgeClient,
-    JudgeError,
-    JudgeRejected,
-    RetryPolicy,
-)
+from evalstream.pipeline.judge_client import JudgeError, JudgeRejected
 from evalstream.pipeline.records import DeadReason, SampledEvent, Stage, dead_letter, timestamp
 from evalstream.pipeline.sampling import unit_hash
-from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
 from evalstream.v1 import judge_pb2, verdict_pb2
 from evalstream.wire.cascade_config import CascadeConfig, Threshold, threshold_for
 from evalstream.wire.dimensions import Tier
@@ -87,11 +72,9 @@ __all__ = [
     "AUDIT",
     "DEAD",
     "DEFAULT_PROBE_FRACTION",
+    "Call",
     "CascadeOutcome",
     "EmbeddingProbe",
-    "JudgeCascade",
-    "SharedBreakers",
-    "TierBreakers",
     "judge_batch",
 ]
 
@@ -409,199 +392,3 @@ def _probe(
             failures[0],
         )
     return marks
-
-
-class TierBreakers:
-    """One circuit breaker per judge tier, made on first use."""
-
-    def __init__(self, policy: BreakerPolicy) -> None:
-        self.policy = policy
-        self._lock = threading.Lock()
-        self._breakers: dict[int, CircuitBreaker] = {}
-
-    def get(self, tier: int, target: str) -> CircuitBreaker:
-        with self._lock:
-            if tier not in self._breakers:
-                self._breakers[tier] = CircuitBreaker(f"judge tier {tier} at {target}", self.policy)
-            return self._breakers[tier]
-
-    def all(self) -> dict[int, CircuitBreaker]:
-        with self._lock:
-            return dict(self._breakers)
-
-
-class SharedBreakers:
-    """A picklable reference to a process-local ``TierBreakers``, so breaker state survives from one
-    micro-batch pipeline to the next. The creator holds the strong reference. Where the creator is not
-    (a remote worker of a streaming runner), the first DoFn there makes a fresh set with the policy."""
-
-    def __init__(self, policy: BreakerPolicy) -> None:
-        self._policy = policy
-        self._handle = shared.Shared()
-        self._tag = uuid.uuid4().hex
-        self._anchor: TierBreakers | None = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_policy": self._policy, "_handle": self._handle, "_tag": self._tag, "_anchor": None}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-
-    def resolve(self) -> TierBreakers:
-        policy = self._policy
-        found: TierBreakers = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
-        return found
-
-
-class _CascadeFn(beam.DoFn):
-    """Judges batches with up to ``in_flight`` of them waiting on judge servers at once.
-
-    Each batch's cascade runs on a small thread pool; gRPC waits release the GIL, so decoding and
-    summarising the next elements overlaps the judges' work in their own processes. Outputs of
-    finished batches are emitted from ``process`` as they complete, the rest in ``finish_bundle``,
-    each in the window and at the timestamp its batch came with.
-    """
-
-    def __init__(
-        self,
-        endpoints: dict[int, str],
-        cascade: CascadeConfig,
-        policy: RetryPolicy,
-        now: datetime | None,
-        in_flight: int,
-        breakers: SharedBreakers | None = None,
-        probe: EmbeddingProbe | None = None,
-        sample: CalibrationSample | None = None,
-    ) -> None:
-        missing = [t for t in cascade.tiers if t not in endpoints]
-        if missing:
-            raise ValueError(
-                f"cascade {cascade.version!r} uses tiers {missing} with no judge endpoint; "
-                f"configured endpoints: {sorted(endpoints)}"
-            )
-        if in_flight < 1:
-            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
-        unreachable = [t for t in cascade.shadow_tiers if t not in endpoints]
-        if sample is not None and sample.fraction > 0 and unreachable:
-            log.info("calibration sample: shadow tiers %s have no judge endpoint, not asked", unreachable)
-        self._endpoints = endpoints
-        self._cascade = cascade
-        self._policy = policy
-        self._fixed_now = now
-        self._in_flight = in_flight
-        self._breakers = breakers
-        if probe is not None and probe.fraction > 0 and probe.tier not in endpoints:
-            log.info("embedding probe off: no judge endpoint for tier %d", probe.tier)
-            probe = None
-        self._probe = probe if probe is not None and probe.fraction > 0 else None
-        self._clients: dict[int, JudgeClient] = {}
-        self._sample = sample
-
-    def setup(self) -> None:
-        self._stop = threading.Event()
-        breakers = self._breakers.resolve() if self._breakers is not None else None
-        self._clients = {
-            tier: JudgeClient(
-                target,
-                tier=tier,
-                policy=self._policy,
-                stop=self._stop,
-                breaker=breakers.get(tier, target) if breakers is not None else None,
-            )
-            for tier, target in self._endpoints.items()
-            if tier in self._cascade.tiers
-            or (self._sample is not None and tier in self._cascade.shadow_tiers)
-            or (self._probe is not None and tier == self._probe.tier)
-        }
-        self._pool = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="judge-cascade")
-
-    def teardown(self) -> None:
-        self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        for client in self._clients.values():
-            client.close()
-
-    def start_bundle(self) -> None:
-        self._pending: deque[tuple[Future[CascadeOutcome], Timestamp, BoundedWindow]] = deque()
-
-    def _judge(self, batch: list[SampledEvent]) -> CascadeOutcome:
-        return judge_batch(
-            batch,
-            cascade=self._cascade,
-            call=lambda tier, request: self._clients[tier].judge(request),
-            now=self._fixed_now or datetime.now(UTC),
-            probe=self._probe,
-            sample=self._sample,
-            reachable=self._clients.keys(),
-        )
-
-    def process(
-        self,
-        batch: list[SampledEvent],
-        timestamp: Any = beam.DoFn.TimestampParam,  # a Timestamp at run time
-        window: Any = beam.DoFn.WindowParam,  # a BoundedWindow at run time
-    ) -> Iterator[object]:
-        self._pending.append((self._pool.submit(self._judge, batch), timestamp, window))
-        while self._pending and (len(self._pending) > self._in_flight or self._pending[0][0].done()):
-            yield from self._emit_oldest()
-
-    def finish_bundle(self) -> Iterator[object]:
-        while self._pending:
-            yield from self._emit_oldest()
-
-    def _emit_oldest(self) -> Iterator[object]:
-        future, ts, win = self._pending.popleft()
-        for tag, value in _outputs(future.result()):
-            windowed = WindowedValue(value, ts, (win,))
-            yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
-
-
-def _outputs(outcome: CascadeOutcome) -> Iterator[tuple[str | None, object]]:
-    """(tag, value) of one judged batch (tag None: main output); a trace event per verdict dimension."""
-    for verdict in outcome.verdicts:
-        with _tracer.start_as_current_span("evalstream.verdict") as span:
-            span.set_attribute("evalstream.event_id", verdict.event_id)
-            for dim in verdict.dimensions:
-                span.add_event(
-                    "gen_ai.evaluation.result",
-                    {
-                        "gen_ai.evaluation.name": dim.dimension,
-                        "gen_ai.evaluation.score.label": dim.label,
-                        "gen_ai.evaluation.score.value": dim.score,
-                        "evalstream.judge.tier": dim.deciding_tier,
-                    },
-                )
-        yield None, verdict
-    for letter in outcome.dead:
-        yield DEAD, letter
-    for verdict in outcome.audits:
-        yield AUDIT, verdict
-
-
-class JudgeCascade(beam.PTransform):
-    """SampledEvent -> (verdicts, dead letters, audits): ``.verdicts``, ``.dead``, ``.audit``."""
-
-    def __init__(
-        self,
-        *,
-        endpoints: dict[int, str],
-        cascade: CascadeConfig,
-        policy: RetryPolicy,
-        now: datetime | None = None,
-        batch_size: int = 256,
-        in_flight: int = 2,
-        breakers: SharedBreakers | None = None,
-        probe: EmbeddingProbe | None = None,
-        sample: CalibrationSample | None = None,
-    ) -> None:
-        """``probe``: the embedding probe (None or fraction 0: off); ``sample``: the calibration sample."""
-        super().__init__()
-        self._fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, breakers, probe, sample)
-        self._batch_size = batch_size
-
-    def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            sampled
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
-            | "Judge" >> beam.ParDo(self._fn).with_outputs(DEAD, AUDIT, main="verdicts")
-        )

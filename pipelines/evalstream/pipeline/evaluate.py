@@ -1,7 +1,11 @@
 """Evaluate: the whole pipeline as one composite transform, with no I/O.
 
-``KafkaRecord`` in; verdicts, summaries, dead letters and audits out. ``run.run(argv)`` feeds it
-from Kafka and writes its outputs; tests feed it ``beam.Create``.
+Batches of ``KafkaRecord`` in (each element a list: a micro-batch, or a streaming window's records);
+batches of verdicts, dead letters, audits and unsampled events out, and ``Summary`` partials. Every
+step works on a whole batch, so Beam's per-element cost (coders, bundle bookkeeping, one call per
+DoFn) is paid per batch rather than per record. ``microbatch.py`` feeds it one micro-batch at a
+time; ``run.build_streaming`` feeds it one batch per partition and window; tests feed it
+``beam.Create``.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from datetime import datetime
 import apache_beam as beam
 
 from evalstream.pipeline.calibration_sample import CalibrationSample
-from evalstream.pipeline.cascade import EmbeddingProbe, JudgeCascade, SharedBreakers
+from evalstream.pipeline.cascade import EmbeddingProbe
 from evalstream.pipeline.decode import Decode, DecodeLimits
 from evalstream.pipeline.dedupe import Dedupe, SharedSeenIds
+from evalstream.pipeline.judge_cascade import JudgeCascade, SharedBreakers
 from evalstream.pipeline.judge_client import RetryPolicy
+from evalstream.pipeline.records import as_batches
 from evalstream.pipeline.sampling import Sample, SamplingConfig
 from evalstream.pipeline.summarise import Summarise
 from evalstream.wire.cascade_config import CascadeConfig
@@ -66,11 +72,11 @@ class Evaluate(beam.PTransform):
         self._batch_id = batch_id
         self._seen = seen
 
-    def expand(self, records: beam.pvalue.PCollection) -> EvaluateOutputs:
+    def expand(self, batches: beam.pvalue.PCollection) -> EvaluateOutputs:
         cfg = self._config
-        decoded = records | "Decode" >> Decode(now=self._now, limits=cfg.limits)
-        unique = decoded.events | "Dedupe" >> Dedupe(seen=self._seen, now=self._now)
-        events = unique.events | "Events" >> beam.Map(lambda d: d.event)
+        decoded = batches | "Decode" >> Decode(now=self._now, limits=cfg.limits)
+        unique = decoded.events | "Dedupe" >> Dedupe(seen=self._seen, now=self._now, batch_id=self._batch_id)
+        events = as_batches(unique.events | "Events" >> beam.Map(lambda batch: [d.event for d in batch]))
         sampled = events | "Sample" >> Sample(cfg.sampling)
         judged = sampled.sampled | "JudgeCascade" >> JudgeCascade(
             endpoints=cfg.endpoints,
@@ -82,7 +88,7 @@ class Evaluate(beam.PTransform):
             probe=cfg.probe,
             sample=cfg.calibration_sample,
         )
-        dead = (decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten()
+        dead = as_batches((decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten())
         summaries = (
             (sampled.unsampled, judged.verdicts, dead)
             | "ForSummary" >> beam.Flatten()

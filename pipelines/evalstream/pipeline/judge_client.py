@@ -23,7 +23,7 @@ After ``failure_threshold`` consecutive failed attempts the circuit opens: calls
 ``JudgeUnavailable(code="CIRCUIT_OPEN")`` (the cascade escalates or dead-letters the items as for
 any unavailable tier) for ``open_s`` seconds; then one probe attempt is let through, and its answer
 closes the circuit or opens it again. The breaker outlives the client: the micro-batch runner
-makes one per tier and lends it to each batch's clients (``pipelines/evalstream/pipeline/cascade.py``).
+makes one per tier and lends it to each batch's clients (``pipelines/evalstream/pipeline/judge_cascade.py``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The local runner: continuous micro-batches, each judged by one bounded Beam pipeline and written
 with its consumed offsets in one Kafka transaction.
 
-Poll up to ``max_batch_records`` or ``max_batch_wait_s`` of records, run the ``Evaluate`` transform
-over them as a bounded Beam pipeline on the in-process FnApiRunner (named explicitly, which skips the
-Prism download), then write verdicts, summaries, dead letters and audits **and** commit the consumed
-offsets in one Kafka transaction. A crash before the commit aborts the transaction: nothing
-half-written is visible to ``read_committed`` consumers, and the batch is read again from the last
-committed offsets.
+Poll up to ``max_batch_records`` records, closing the batch ``max_batch_wait_s`` after its oldest
+record was produced; run the ``Evaluate`` transform over them as a bounded Beam pipeline on the
+in-process FnApiRunner (``bounded.process_batch``); then write verdicts, summaries, dead letters and
+audits **and** commit the consumed offsets in one Kafka transaction. A crash before the commit aborts
+the transaction: nothing half-written is visible to ``read_committed`` consumers, and the batch is
+read again from the last committed offsets.
 The transaction step is ``evalstream.kafka.transactions.BatchWriter``, shared with ``evalstream
 redrive``: every output acknowledged before the commit, the offsets sent with the consumer's group
 metadata, a stable transactional id per runner instance (``--transactional-id``, default
@@ -15,40 +15,35 @@ transaction it left open; a predecessor that wakes up (a zombie) is refused (``F
 exits. A failed batch is aborted, read again from its first offsets and written with a new producer
 under the same id.
 
-Outputs leave the bounded pipeline through a spill directory: a sink DoFn writes each output as a
-length-prefixed record file per bundle, and the loop reads them back to produce them in the
-transaction. This keeps I/O here, works with any local runner mode, and costs ~1 ms per 1,000 records.
+With transactions, a batch's transaction is written on a writer thread while the next batch is polled
+and judged, and that batch is written only after it. The window of seen ids (``dedupe.SeenIds``)
+holds a batch's ids as claims until its transaction is committed, so the batch judged meanwhile sees
+them; when the write fails, the claims of both batches are dropped and both are read again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import pickle
-import struct
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, explain, fenced
 from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
+from evalstream.pipeline.bounded import BatchResult, process_batch
 from evalstream.pipeline.calibration_sample import CalibrationSample
-from evalstream.pipeline.cascade import EmbeddingProbe, SharedBreakers
+from evalstream.pipeline.cascade import EmbeddingProbe
 from evalstream.pipeline.decode import DecodeLimits
 from evalstream.pipeline.dedupe import SeenIds, SharedSeenIds
-from evalstream.pipeline.evaluate import Evaluate, EvaluateConfig
+from evalstream.pipeline.evaluate import EvaluateConfig
+from evalstream.pipeline.judge_cascade import SharedBreakers
 from evalstream.pipeline.judge_client import RetryPolicy
 from evalstream.pipeline.metrics import PipelineMetrics
 from evalstream.pipeline.records import KafkaRecord
@@ -58,119 +53,16 @@ from evalstream.runtime.circuit import BreakerPolicy
 from evalstream.runtime.config_watch import CascadeWatch
 from evalstream.runtime.ready import PIPELINE_READY
 from evalstream.runtime.settings import KafkaSettings
-from evalstream.v1 import summary_pb2, verdict_pb2
 from evalstream.wire.cascade_config import CascadeConfig, default_cascade
 
-__all__ = ["BatchResult", "MicroBatchRunner", "RunStats", "batch_identity", "process_batch"]
+__all__ = ["MicroBatchRunner", "RunStats", "batch_identity"]
 
 log = logging.getLogger(__name__)
 
-_OUTPUTS = ("verdicts", "summaries", "dead", "audit")
-_LEN = struct.Struct(">I")
 #: Producer request limit: dead letters keep at most 64 KiB of raw input, so this is generous.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: How long a batch's records may take to be acknowledged before the batch is retried.
 WRITE_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    verdicts: list[verdict_pb2.Verdict]
-    summaries: list[summary_pb2.Summary]
-    dead: list[verdict_pb2.DeadLetter]
-    audit: list[verdict_pb2.Verdict]
-    unsampled_ids: list[str]
-
-    @property
-    def unsampled(self) -> int:
-        return len(self.unsampled_ids)
-
-    @property
-    def accounted(self) -> int:
-        return self.unsampled + len(self.verdicts) + len(self.dead)
-
-
-class _Spill(beam.DoFn):
-    """Write serialized outputs to one file per bundle under ``directory/tag``."""
-
-    def __init__(self, directory: str, tag: str) -> None:
-        self._dir = Path(directory) / tag
-
-    def start_bundle(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._file = (self._dir / f"{uuid.uuid4().hex}.bin").open("wb")
-
-    def process(self, message: Any) -> None:
-        data = message if isinstance(message, bytes) else message.SerializeToString()
-        self._file.write(_LEN.pack(len(data)))
-        self._file.write(data)
-
-    def finish_bundle(self) -> None:
-        self._file.close()
-
-
-def _read_spill(directory: Path) -> Iterator[bytes]:
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.iterdir()):
-        data = path.read_bytes()
-        pos = 0
-        while pos < len(data):
-            (size,) = _LEN.unpack_from(data, pos)
-            pos += _LEN.size
-            yield data[pos : pos + size]
-            pos += size
-
-
-def _write_records(path: Path, records: Sequence[KafkaRecord]) -> None:
-    with path.open("wb") as out:
-        pickle.dump(list(records), out, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _read_records(path: str) -> list[KafkaRecord]:
-    with open(path, "rb") as f:
-        records: list[KafkaRecord] = pickle.load(f)
-    return records
-
-
-def process_batch(
-    records: Sequence[KafkaRecord],
-    config: EvaluateConfig,
-    *,
-    now: datetime,
-    batch_id: str,
-    seen: frozenset[str] | SharedSeenIds = frozenset(),
-) -> BatchResult:
-    """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs.
-
-    The records reach the pipeline through a file, not ``beam.Create``: Create would pickle and
-    bz2-compress every record into the pipeline definition (measured: ~0.3 ms per record).
-    """
-    with tempfile.TemporaryDirectory(prefix="evalstream-batch-") as spill:
-        root = Path(spill)
-        _write_records(root / "input.pickle", records)
-        options = PipelineOptions(["--direct_num_workers=1"])
-        with beam.Pipeline(runner=FnApiRunner(), options=options) as pipeline:
-            outputs = (
-                pipeline
-                | "Input" >> beam.Create([str(root / "input.pickle")])
-                | "Records" >> beam.FlatMap(_read_records)
-                | "Evaluate" >> Evaluate(config, now=now, batch_id=batch_id, seen=seen)
-            )
-            for tag in _OUTPUTS:
-                _ = getattr(outputs, tag) | f"Spill_{tag}" >> beam.ParDo(_Spill(spill, tag))
-            _ = (
-                outputs.unsampled
-                | "UnsampledIds" >> beam.Map(lambda event: event.event_id.encode())
-                | "Spill_unsampled" >> beam.ParDo(_Spill(spill, "unsampled"))
-            )
-        return BatchResult(
-            verdicts=[verdict_pb2.Verdict.FromString(b) for b in _read_spill(root / "verdicts")],
-            summaries=[summary_pb2.Summary.FromString(b) for b in _read_spill(root / "summaries")],
-            dead=[verdict_pb2.DeadLetter.FromString(b) for b in _read_spill(root / "dead")],
-            audit=[verdict_pb2.Verdict.FromString(b) for b in _read_spill(root / "audit")],
-            unsampled_ids=[b.decode() for b in _read_spill(root / "unsampled")],
-        )
 
 
 def batch_identity(group: str, spans: dict[TopicPartition, tuple[int, int]]) -> str:
@@ -203,6 +95,18 @@ class RunStats:
         if self.first_batch_at is None or self.last_batch_done_at is None:
             return 0.0
         return self.events_in / max(self.last_batch_done_at - self.first_batch_at, 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A judged batch, before its transaction is committed."""
+
+    batch_id: str
+    spans: dict[TopicPartition, tuple[int, int]]
+    records: int
+    result: BatchResult
+    began: float  # monotonic time its processing began
+    processed_at: float  # ... and ended
 
 
 class MicroBatchRunner:
@@ -291,85 +195,105 @@ class MicroBatchRunner:
         )
 
     def _poll_batch(self, consumer: KafkaConsumer) -> list[Any]:
+        """Up to ``max_batch_records`` records. The batch closes ``max_batch_wait_s`` after its oldest
+        record was produced (its Kafka timestamp): records that waited while the previous batch was
+        judged close it with the first poll."""
         s = self._settings
         batch: list[Any] = []
-        first_at: float | None = None
+        close_at: float | None = None
         while not self._stop.is_set() and len(batch) < s.max_batch_records:
-            wait = (
-                s.max_batch_wait_s if first_at is None else s.max_batch_wait_s - (time.monotonic() - first_at)
-            )
+            wait = s.max_batch_wait_s if close_at is None else close_at - time.monotonic()
             if wait <= 0:
-                break
+                break  # the batch is due
             polled = consumer.poll(timeout_ms=int(wait * 1000), max_records=s.max_batch_records - len(batch))
             for messages in polled.values():
                 batch.extend(messages)
-            if batch and first_at is None:
-                first_at = time.monotonic()
-            if not polled and first_at is None:
+            if not polled and close_at is None:
                 break  # idle: let the caller check for shutdown and idleness
+            if close_at is None and batch:
+                stamps = [m.timestamp for m in batch if m.timestamp and m.timestamp > 0]  # -1: none
+                waited = time.time() - min(stamps) / 1000 if stamps else 0.0
+                waited = min(max(waited, 0.0), s.max_batch_wait_s)  # a producer clock ahead: no shortcut
+                close_at = time.monotonic() + s.max_batch_wait_s - waited
         return batch
 
     def _outputs(self, result: BatchResult) -> list[Output]:
         s = self._settings
-        out = [Output(s.verdicts_topic, v.SerializeToString(), v.event_id.encode()) for v in result.verdicts]
-        for summary in result.summaries:
-            key = f"{summary.model}|{summary.model_version}|{summary.route}|{summary.dimension}"
-            out.append(Output(s.summaries_topic, summary.SerializeToString(), key.encode()))
-        for letter in result.dead:
-            key = letter.event_id or f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}"
-            out.append(Output(s.deadletter_topic, letter.SerializeToString(), key.encode()))
-        out += [Output(s.audit_topic, v.SerializeToString(), v.event_id.encode()) for v in result.audit]
-        return out
+        return [
+            Output(topic, value, key)
+            for topic, keyed in (
+                (s.verdicts_topic, result.verdicts),
+                (s.summaries_topic, result.summaries),
+                (s.deadletter_topic, result.dead),
+                (s.audit_topic, result.audit),
+            )
+            for key, value in keyed
+        ]
 
-    def run_batch(self, consumer: KafkaConsumer, writer: BatchWriter, messages: list[Any]) -> BatchResult:
-        """Judge one polled batch and write its outputs with its offsets. On ``KafkaEdgeError`` the
-        consumer is rewound to the batch's first records (nothing of it was committed)."""
-        s = self._settings
+    def _process(self, messages: list[Any]) -> _Batch:
+        """Judge one polled batch (its ids stay claimed in the window until ``_done`` or
+        ``_release``)."""
         batch = spans(messages)
         records = [KafkaRecord.from_message(m) for m in messages]
-        batch_id = batch_identity(s.group_id, batch)
-        st = self.stats
+        batch_id = batch_identity(self._settings.group_id, batch)
         began = time.monotonic()
-        if st.first_batch_at is None:
-            st.first_batch_at = began
-        result = process_batch(
-            records, self.config, now=self._now(), batch_id=batch_id, seen=self._shared_seen
-        )
-        if result.accounted != len(records):
-            raise RuntimeError(
-                f"batch {batch_id} lost records: {len(records)} in, {result.unsampled} unsampled + "
-                f"{len(result.verdicts)} verdicts + {len(result.dead)} dead letters"
-            )
-        beam_done = time.monotonic()
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = began
         try:
-            writer.write(consumer, self._outputs(result), offsets_after(batch, batch_id))
-        except KafkaEdgeError:
-            rewind(consumer, batch)
+            result = process_batch(
+                records, self.config, now=self._now(), batch_id=batch_id, seen=self._shared_seen
+            )
+            if result.accounted != len(records):
+                raise RuntimeError(
+                    f"batch {batch_id} lost records: {len(records)} in, {result.unsampled} unsampled + "
+                    f"{len(result.verdicts)} verdicts + {len(result.dead)} dead letters"
+                )
+        except BaseException:
+            self._seen.release(batch_id)
             raise
-        self._seen.add_all(v.event_id for v in result.verdicts)
-        self._seen.add_all(result.unsampled_ids)
+        return _Batch(batch_id, batch, len(records), result, began, time.monotonic())
+
+    def _write(self, consumer: KafkaConsumer, writer: BatchWriter, batch: _Batch) -> None:
+        """Write the batch's outputs and offsets in one transaction, then count it (on the writer
+        thread with transactions, so /metrics shows a batch as soon as it is committed)."""
+        began = time.monotonic()
+        writer.write(consumer, self._outputs(batch.result), offsets_after(batch.spans, batch.batch_id))
+        st = self.stats
         st.last_batch_done_at = time.monotonic()
+        st.write_s += st.last_batch_done_at - began
         if self.metrics is not None:
             self.metrics.batches.inc()
-            self.metrics.records.inc(len(records))
-            self.metrics.duration.observe(st.last_batch_done_at - began)
+            self.metrics.records.inc(batch.records)
+            self.metrics.duration.observe(st.last_batch_done_at - batch.began)
             self.metrics.last_batch.set_to_current_time()
-        st.beam_s += beam_done - began
-        st.write_s += st.last_batch_done_at - beam_done
+        result = batch.result
+        st.beam_s += batch.processed_at - batch.began
         log.debug(
-            "batch %s: %d records, beam %.3fs, write+commit %.3fs",
-            batch_id,
-            len(records),
-            beam_done - began,
-            st.last_batch_done_at - beam_done,
+            "batch %s: %d records, beam %.3fs, committed %.3fs later",
+            batch.batch_id,
+            batch.records,
+            batch.processed_at - batch.began,
+            st.last_batch_done_at - batch.processed_at,
         )
         st.batches += 1
-        st.events_in += len(records)
+        st.events_in += batch.records
         st.verdicts += len(result.verdicts)
         st.dead += len(result.dead)
         st.unsampled += result.unsampled
         st.audits += len(result.audit)
-        return result
+
+    def _done(self, batch: _Batch) -> None:
+        """The batch is committed: the ids it judged or counted join the window (on the main thread,
+        which reads the window while judging)."""
+        result = batch.result
+        self._seen.commit(batch.batch_id, [*result.verdict_ids, *result.unsampled_ids])
+
+    def _release(self, consumer: KafkaConsumer, batches: list[_Batch]) -> None:
+        """Nothing of these batches (oldest first) was committed: forget their claims and rewind the
+        consumer to the first of their records."""
+        for batch in reversed(batches):
+            self._seen.release(batch.batch_id)
+            rewind(consumer, batch.spans)
 
     def _reload(self) -> None:
         """Between batches: swap in a new cascade config if its file has one (``config_watch.py``)."""
@@ -390,10 +314,16 @@ class MicroBatchRunner:
 
     def run(self) -> RunStats:
         """Batch after batch until stopped (or idle, with ``exit_when_idle_s``). Raises ``FencedError``
-        when a newer instance with the same transactional id took over."""
+        when a newer instance with the same transactional id took over.
+
+        With transactions, a batch's transaction runs on a writer thread while the next batch is
+        polled and judged (its outputs are written only after the batch before it is committed). When
+        a write fails, both are read again."""
         s = self._settings
         consumer = self._consumer()
         writer = self._writer()
+        writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        writing: tuple[_Batch, Future[None]] | None = None
         backoff = 0.5
         idle_since = time.monotonic()
         last_log = time.monotonic()
@@ -415,27 +345,41 @@ class MicroBatchRunner:
                         raise explain(self._kafka, "polling", exc) from exc
                     raise
                 now = time.monotonic()
-                if messages:
-                    try:
-                        self.run_batch(consumer, writer, messages)
+                processed = self._process(messages) if messages else None
+                unwritten = [b for b in (writing[0] if writing else None, processed) if b is not None]
+                try:
+                    if writing is not None:
+                        done, future = writing
+                        writing = None
+                        future.result()
+                        self._done(done)
+                        unwritten.remove(done)
+                    if processed is not None:
+                        if s.transactional:  # the consumer is only read (group metadata) meanwhile
+                            writing = (processed, writes.submit(self._write, consumer, writer, processed))
+                        else:  # the offsets are committed through the consumer: not while polling
+                            self._write(consumer, writer, processed)
+                            self._done(processed)
+                        idle_since = now
                         backoff = 0.5
-                    except FencedError:
-                        raise
-                    except KafkaEdgeError as exc:
-                        self.stats.retries += 1
-                        if self.metrics is not None:
-                            self.metrics.retries.inc()
-                        log.warning(
-                            "%s; nothing of it is visible: reading it again in %.1fs, written with a new "
-                            "producer under the same transactional id",
-                            exc,
-                            backoff,
-                        )
-                        self._stop.wait(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                        continue
-                    idle_since = now
-                elif s.exit_when_idle_s and now - idle_since >= s.exit_when_idle_s:
+                except FencedError:
+                    raise
+                except KafkaEdgeError as exc:
+                    self._release(consumer, unwritten)
+                    self.stats.retries += 1
+                    if self.metrics is not None:
+                        self.metrics.retries.inc()
+                    log.warning(
+                        "%s; nothing of it is visible: reading it again in %.1fs, written with a new "
+                        "producer under the same transactional id",
+                        exc,
+                        backoff,
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                idle = not messages and writing is None
+                if idle and s.exit_when_idle_s and now - idle_since >= s.exit_when_idle_s:
                     log.info("no new events for %.1fs: exiting", s.exit_when_idle_s)
                     break
                 if now - last_log >= 10:
@@ -451,7 +395,15 @@ class MicroBatchRunner:
                         st.audits,
                         st.events_in / max(now - st.started, 1e-9),
                     )
+            if writing is not None:  # stopped: let the last transaction finish
+                done, future = writing
+                writing = None
+                future.result()
+                self._done(done)
         finally:
+            if writing is not None:  # an error: the transaction in flight ends (committed or not)
+                wait([writing[1]])
+            writes.shutdown(wait=True)
             consumer.close()
             writer.close()
         return self.stats

@@ -1,21 +1,38 @@
 """Records that cross Beam boundaries inside the pipeline, and the dead-letter vocabulary.
 
-Wire messages (``evalstream.v1``) travel as protobuf; internal records are frozen dataclasses.
+Wire messages (``evalstream.v1``) travel as protobuf; internal records are frozen dataclasses. The
+pipeline's steps pass **batches** (lists of them) from one to the next: their PCollections are
+declared as ``Batch`` (``as_batches``), whose coder pickles a list whole and estimates its size
+without encoding it.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from apache_beam.coders import typecoders
+from apache_beam.coders.coders import Coder
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evalstream.v1 import events_pb2, verdict_pb2
 from evalstream.wire import topics
 
-__all__ = ["DeadReason", "Decoded", "KafkaRecord", "SampledEvent", "Stage", "dead_letter", "timestamp"]
+__all__ = [
+    "Batch",
+    "BatchCoder",
+    "DeadReason",
+    "Decoded",
+    "KafkaRecord",
+    "SampledEvent",
+    "Stage",
+    "as_batches",
+    "dead_letter",
+    "timestamp",
+]
 
 #: Dead letters keep at most this much of the raw input; the rest is counted in raw_size.
 MAX_DEAD_LETTER_RAW = 64 * 1024
@@ -127,3 +144,40 @@ def dead_letter(
         model=model,
         failed_at=timestamp(failed_at),
     )
+
+
+class Batch(list[Any]):
+    """The element type of the pipeline's PCollections of batches (the values are plain lists)."""
+
+
+class BatchCoder(Coder):
+    """Pickles a batch whole. Beam estimates the size of the first elements of every PCollection for
+    its metrics by encoding them, and with batches as elements that was every element: ~15% of a
+    batch's time. The estimate here is the number of records times 1 KiB, with no encoding."""
+
+    def encode(self, value: list[Any]) -> bytes:
+        return pickle.dumps(list(value), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded: bytes) -> list[Any]:
+        decoded: list[Any] = pickle.loads(encoded)
+        return decoded
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def estimate_size(self, value: list[Any]) -> int:
+        return 1024 * len(value)
+
+    def to_type_hint(self) -> type:
+        return Batch
+
+
+typecoders.registry.register_coder(Batch, BatchCoder)
+
+
+def as_batches(outputs: Any, *tags: str) -> Any:
+    """Declare the named outputs of a multi-output step (``DoOutputsTuple``), or a PCollection (no
+    tags), as batches, so Beam uses ``BatchCoder`` for them."""
+    for pcoll in [outputs[tag] for tag in tags] if tags else [outputs]:
+        pcoll.element_type = Batch
+    return outputs

@@ -61,7 +61,14 @@ def build_streaming(pipeline: beam.Pipeline, settings: PipelineSettings, kafka: 
         | "ToRecord" >> beam.Map(KafkaRecord.from_message)
         | "Minute" >> beam.WindowInto(window.FixedWindows(60))
     )
-    out = records | "Evaluate" >> Evaluate(runner.config, now=None, batch_id="streaming")
+    # Evaluate takes batches: one per input partition and minute (copies of an event keyed by its
+    # id share a partition, so Dedupe sees them together).
+    batches = (
+        records
+        | "ByPartition" >> beam.GroupBy(lambda record: record.partition)
+        | "Batch" >> beam.MapTuple(lambda _, batch: list(batch))
+    )
+    out = batches | "Evaluate" >> Evaluate(runner.config, now=None, batch_id="streaming")
     for tag, topic in (
         ("verdicts", settings.verdicts_topic),
         ("summaries", settings.summaries_topic),
@@ -70,7 +77,10 @@ def build_streaming(pipeline: beam.Pipeline, settings: PipelineSettings, kafka: 
     ):
         _ = (
             getattr(out, tag)
-            | f"Key_{tag}" >> beam.Map(lambda m: (b"", m.SerializeToString()))
+            | f"Key_{tag}"
+            >> beam.FlatMap(  # batches of messages; summaries come one by one
+                lambda ms: ((b"", m.SerializeToString()) for m in (ms if isinstance(ms, list) else [ms]))
+            )
             | f"Write_{tag}" >> WriteToKafka(producer_config=producer_config, topic=topic)
         )
 

@@ -4,7 +4,7 @@ An event is sampled when a hash of its event id, mapped to [0, 1), is below the 
 (model, route); the same id always gets the same decision, on any worker, on any retry. Always-judge
 rules override the rate: negative user feedback, and finish reasons listed in ``always_finish_reasons``
 (by default ``length`` and ``content_filter``). The rate actually applied is recorded with the event
-so that the exporter can scale counts back up.
+so that the exporter can scale counts back up. Each element is a batch (a list of events).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import apache_beam as beam
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalstream.pipeline.records import SampledEvent
+from evalstream.pipeline.records import SampledEvent, as_batches
 from evalstream.v1 import events_pb2
 
 __all__ = ["UNSAMPLED", "Sample", "SamplingConfig", "decide", "unit_hash"]
@@ -81,21 +81,31 @@ class _SampleFn(beam.DoFn):
     def __init__(self, config: SamplingConfig) -> None:
         self._config = config
 
-    def process(self, event: events_pb2.LLMEvent) -> Iterator[object]:
-        chosen = decide(event, self._config)
-        if chosen is None:
-            yield beam.pvalue.TaggedOutput(UNSAMPLED, event)
-        else:
-            yield chosen
+    def process(self, events: list[events_pb2.LLMEvent]) -> Iterator[object]:
+        sampled: list[SampledEvent] = []
+        unsampled: list[events_pb2.LLMEvent] = []
+        for event in events:
+            chosen = decide(event, self._config)
+            if chosen is None:
+                unsampled.append(event)
+            else:
+                sampled.append(chosen)
+        if sampled:
+            yield sampled
+        if unsampled:
+            yield beam.pvalue.TaggedOutput(UNSAMPLED, unsampled)
 
 
 class Sample(beam.PTransform):
-    """LLMEvent -> (SampledEvent for judging, unsampled LLMEvent for counting)."""
+    """Batches of LLMEvent -> (batches of SampledEvent for judging, batches of unsampled LLMEvent for
+    counting)."""
 
     def __init__(self, config: SamplingConfig) -> None:
         super().__init__()
         self._config = config
 
-    def expand(self, events: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, batches: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:
         decide_fn = beam.ParDo(_SampleFn(self._config))
-        return events | "Decide" >> decide_fn.with_outputs(UNSAMPLED, main="sampled")
+        return as_batches(
+            batches | "Decide" >> decide_fn.with_outputs(UNSAMPLED, main="sampled"), "sampled", UNSAMPLED
+        )

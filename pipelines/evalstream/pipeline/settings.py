@@ -55,9 +55,11 @@ class PipelineSettings(BaseSettings):
     sampling_config: Path | None = None
     """Sampling config YAML; empty: judge every event."""
     max_batch_records: Annotated[int, Field(ge=1)] = 5000
-    """A micro-batch closes at this many records, or ``max_batch_wait_s`` after its first one."""
+    """A micro-batch closes at this many records, or ``max_batch_wait_s`` after its oldest one was
+    produced."""
     max_batch_wait_s: Annotated[float, Field(gt=0)] = 0.5
-    """A micro-batch closes this many seconds after its first record, or at ``max_batch_records``."""
+    """A micro-batch closes this many seconds after its oldest record was produced (its Kafka
+    timestamp), or at ``max_batch_records``."""
     judge_batch_size: Annotated[int, Field(ge=1)] = 256
     """Items per judge request."""
     judge_deadline_s: Annotated[float, Field(gt=0)] = 10.0

@@ -11,6 +11,9 @@ keep their statistics (e.g. from tier 1 after an escalation) but add none to the
 would describe the escalated responses, not the traffic. Dimension-level summaries carry label
 counts, score sums and a KLL sketch of scores. Every summary carries the batch id, so a consumer can
 apply each partial once.
+
+In Beam, each input element is a batch (a list of unsampled events, verdicts or dead letters): it is
+folded into one accumulator per key where it is, and only those partials are merged per key.
 """
 
 from __future__ import annotations
@@ -221,14 +224,22 @@ def _to_summary(key: SummaryKey, acc: _Acc, batch_id: str, cascade_version: str 
     return summary
 
 
+def _partials(elements: Iterable[object]) -> dict[SummaryKey, _Acc]:
+    accs: dict[SummaryKey, _Acc] = {}
+    for element in elements:
+        for key, fact in _facts(element):
+            acc = accs.get(key)
+            if acc is None:
+                acc = accs[key] = _Acc()
+            _apply(acc, fact)
+    return accs
+
+
 def summaries_from(
     elements: Iterable[object], batch_id: str, cascade_version: str = ""
 ) -> list[summary_pb2.Summary]:
     """The pure form of ``Summarise``: the same summaries from a plain iterable (tests, backfill)."""
-    accs: dict[SummaryKey, _Acc] = {}
-    for element in elements:
-        for key, fact in _facts(element):
-            _apply(accs.setdefault(key, _Acc()), fact)
+    accs = _partials(elements)
     return [
         _to_summary(k, a, batch_id, cascade_version)
         for k, a in sorted(accs.items(), key=lambda kv: _sort_key(kv[0]))
@@ -240,11 +251,13 @@ def _sort_key(key: SummaryKey) -> tuple[str, str, str, str, int]:
 
 
 class _MergeAcc(beam.CombineFn):
+    """Merges the partial accumulators of the batches."""
+
     def create_accumulator(self) -> _Acc:
         return _Acc()
 
-    def add_input(self, acc: _Acc, fact: Fact) -> _Acc:
-        _apply(acc, fact)
+    def add_input(self, acc: _Acc, partial: _Acc) -> _Acc:
+        acc.merge(partial)
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[_Acc]) -> _Acc:
@@ -258,18 +271,18 @@ class _MergeAcc(beam.CombineFn):
 
 
 class Summarise(beam.PTransform):
-    """Flattened (unsampled events, verdicts, dead letters) -> Summary partials for one batch."""
+    """Batches of (unsampled events, verdicts, dead letters) -> Summary partials for one batch id."""
 
     def __init__(self, batch_id: str, cascade_version: str = "") -> None:
         super().__init__()
         self._batch_id = batch_id
         self._cascade_version = cascade_version
 
-    def expand(self, elements: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
+    def expand(self, batches: beam.pvalue.PCollection) -> beam.pvalue.PCollection:
         batch_id, version = self._batch_id, self._cascade_version
         return (
-            elements
-            | "Facts" >> beam.FlatMap(lambda element: ((tuple(k), f) for k, f in _facts(element)))
+            batches
+            | "Partials" >> beam.FlatMap(lambda batch: ((tuple(k), a) for k, a in _partials(batch).items()))
             | "MergePerKey" >> beam.CombinePerKey(_MergeAcc())
             | "ToSummary"
             >> beam.MapTuple(lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id, version))
