@@ -22,7 +22,13 @@ from evalstream.judges.registry import create_judge
 from evalstream.judges.server import JudgeServer, create_server
 from evalstream.judges.settings import JudgeServerSettings
 from evalstream.pipeline.judge_cascade import SharedBreakers
-from evalstream.pipeline.judge_client import JudgeClient, JudgeRejected, JudgeUnavailable, RetryPolicy
+from evalstream.pipeline.judge_client import (
+    JudgeClient,
+    JudgeRejected,
+    JudgeUnavailable,
+    RetryPolicy,
+    tier_policy,
+)
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker, CircuitState
 from evalstream.runtime.procs import free_port, wait_until
 from evalstream.v1 import events_pb2, judge_pb2
@@ -168,7 +174,7 @@ def test_judge_client_fails_fast_while_open_and_closes_on_a_probe_once_the_tier_
     port = free_port()
     clock = FakeClock()
     b = CircuitBreaker("tier 0", BreakerPolicy(failure_threshold=3, open_s=30.0), clock=clock)
-    policy = RetryPolicy(deadline_s=20.0, attempt_timeout_s=1.0, initial_backoff_s=0.01, max_backoff_s=0.02)
+    policy = RetryPolicy(deadline_s=20.0, attempt_timeout_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.02)
     client = JudgeClient(f"127.0.0.1:{port}", tier=0, policy=policy, breaker=b)
     try:
         with pytest.raises(JudgeUnavailable) as first:
@@ -204,7 +210,7 @@ def test_judge_client_fails_fast_while_open_and_closes_on_a_probe_once_the_tier_
 
 
 def test_judge_client_without_a_breaker_waits_out_its_deadline() -> None:
-    policy = RetryPolicy(deadline_s=0.6, attempt_timeout_s=0.2, initial_backoff_s=0.01, max_backoff_s=0.05)
+    policy = RetryPolicy(deadline_s=0.6, attempt_timeout_s=0.2, backoff_initial_s=0.01, backoff_max_s=0.05)
     client = JudgeClient(f"127.0.0.1:{free_port()}", tier=0, policy=policy)
     try:
         with pytest.raises(JudgeUnavailable) as exc:
@@ -322,11 +328,11 @@ def test_llm_breaker_can_be_turned_off() -> None:
 
 
 def test_a_tier_with_its_own_deadline_gets_it_and_longer_attempts() -> None:
-    policy = RetryPolicy(deadline_s=10, attempt_timeout_s=5, tier_deadlines_s=((2, 120.0),))
-    llm = policy.for_tier(2)
+    policy = RetryPolicy(deadline_s=10, attempt_timeout_s=5)
+    llm = tier_policy(policy, ((2, 120.0),), 2)
     assert (llm.deadline_s, llm.attempt_timeout_s) == (120.0, 60.0)
-    assert policy.for_tier(0) is policy and policy.for_tier(1) is policy
-    short = RetryPolicy(deadline_s=10, attempt_timeout_s=5, tier_deadlines_s=((1, 4.0),)).for_tier(1)
+    assert tier_policy(policy, ((2, 120.0),), 0) is policy and tier_policy(policy, ((2, 120.0),), 1) is policy
+    short = tier_policy(policy, ((1, 4.0),), 1)
     assert (short.deadline_s, short.attempt_timeout_s) == (4.0, 5.0)  # gRPC caps each attempt at what is left
 
 

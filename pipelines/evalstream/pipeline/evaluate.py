@@ -35,6 +35,8 @@ class EvaluateConfig:
     cascade: CascadeConfig
     sampling: SamplingConfig
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: (tier, seconds): tiers with their own overall deadline (``judge_client.tier_policy``).
+    tier_deadlines_s: tuple[tuple[int, float], ...] = ()
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     batch_size: int = 256
     #: Per-tier circuit breakers that outlive a batch (None: no breaker, every call waits its deadline).
@@ -87,6 +89,7 @@ class Evaluate(beam.PTransform):
             breakers=cfg.breakers,
             probe=cfg.probe,
             sample=cfg.calibration_sample,
+            tier_deadlines_s=cfg.tier_deadlines_s,
         )
         dead = as_batches((decoded.dead, unique.dead, judged.dead) | "AllDead" >> beam.Flatten())
         summaries = (

@@ -26,7 +26,7 @@ from opentelemetry import trace
 
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import AUDIT, DEAD, CascadeOutcome, EmbeddingProbe, judge_batch
-from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy
+from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy, tier_policy
 from evalstream.pipeline.records import SampledEvent, as_batches
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
 from evalstream.runtime.tracing import tracing_enabled
@@ -103,6 +103,7 @@ class _CascadeFn(beam.DoFn):
         breakers: SharedBreakers | None = None,
         probe: EmbeddingProbe | None = None,
         sample: CalibrationSample | None = None,
+        tier_deadlines_s: tuple[tuple[int, float], ...] = (),
     ) -> None:
         missing = [t for t in cascade.tiers if t not in endpoints]
         if missing:
@@ -120,6 +121,7 @@ class _CascadeFn(beam.DoFn):
         self._endpoints = endpoints
         self._cascade = cascade
         self._policy = policy
+        self._tier_deadlines_s = tier_deadlines_s
         self._fixed_now = now
         self._in_flight = in_flight
         self._batch_size = batch_size
@@ -138,7 +140,7 @@ class _CascadeFn(beam.DoFn):
             tier: JudgeClient(
                 target,
                 tier=tier,
-                policy=self._policy,
+                policy=tier_policy(self._policy, self._tier_deadlines_s, tier),
                 stop=self._stop,
                 breaker=breakers.get(tier, target) if breakers is not None else None,
             )
@@ -229,10 +231,14 @@ class JudgeCascade(beam.PTransform):
         breakers: SharedBreakers | None = None,
         probe: EmbeddingProbe | None = None,
         sample: CalibrationSample | None = None,
+        tier_deadlines_s: tuple[tuple[int, float], ...] = (),
     ) -> None:
-        """``probe``: the embedding probe (None or fraction 0: off); ``sample``: the calibration sample."""
+        """``probe``: the embedding probe (None or fraction 0: off); ``sample``: the calibration sample;
+        ``tier_deadlines_s``: (tier, seconds) for tiers with their own deadline (``tier_policy``)."""
         super().__init__()
-        fn = _CascadeFn(endpoints, cascade, policy, now, in_flight, batch_size, breakers, probe, sample)
+        fn = _CascadeFn(
+            endpoints, cascade, policy, now, in_flight, batch_size, breakers, probe, sample, tier_deadlines_s
+        )
         self._fn = fn
 
     def expand(self, sampled: beam.pvalue.PCollection) -> beam.pvalue.DoOutputsTuple:

@@ -8,11 +8,12 @@ Exceptions (``grpc.RpcError`` never leaves this module)::
     │                          tier's circuit is open (``code == "CIRCUIT_OPEN"``)
     └── JudgeRejected          the server refused the request (INVALID_ARGUMENT, ...): not retried
 
-Retry policy: one overall deadline shared by all attempts; each attempt's gRPC timeout is the
-smaller of ``attempt_timeout_s`` and what is left; jittered exponential backoff; stop early when
-the next sleep would pass the deadline; sleeps end at once when ``stop`` is set. A tier may have its
-own deadline (``tier_deadlines_s``; the pipeline gives the LLM tier 120 s by default), its attempts
-then taking up to half of it. Judge servers bound their work by the call's gRPC deadline
+Retry policy (the project's one type, ``evalstream.runtime.retry.RetryPolicy``): one overall
+deadline shared by all attempts; each attempt's gRPC timeout is the smaller of ``attempt_timeout_s``
+and what is left; jittered exponential backoff; stop early when the next sleep would pass the
+deadline; sleeps end at once when ``stop`` is set. What is retryable is gRPC's: ``RETRYABLE``. A tier
+may have its own deadline (``tier_policy``; the pipeline gives the LLM tier 120 s by default), its
+attempts then taking up to half of it. Judge servers bound their work by the call's gRPC deadline
 (``services/evalstream/judges/server.py``), so deadlines nest.
 
 Circuit breaker (optional, ``breaker=``; ``evalstream.runtime.circuit``): without it, every call to a tier
@@ -30,21 +31,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
 
 import grpc
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
+from tenacity import Retrying, retry_if_exception
 
 from evalstream.runtime.circuit import CircuitBreaker
+from evalstream.runtime.retry import RetryPolicy
 from evalstream.v1 import judge_pb2, judge_pb2_grpc
 
-__all__ = ["JudgeClient", "JudgeError", "JudgeRejected", "JudgeUnavailable", "RetryPolicy"]
+__all__ = [
+    "RETRYABLE",
+    "JudgeClient",
+    "JudgeError",
+    "JudgeRejected",
+    "JudgeUnavailable",
+    "RetryPolicy",
+    "tier_policy",
+]
 
 RETRYABLE: frozenset[grpc.StatusCode] = frozenset(
     {
@@ -72,29 +76,13 @@ class JudgeRejected(JudgeError):
     """The judge refused the request; retrying the same request will not help."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    deadline_s: float = 10.0
-    attempt_timeout_s: float = 5.0
-    initial_backoff_s: float = 0.05
-    max_backoff_s: float = 2.0
-    jitter_s: float = 0.05
-    retryable: frozenset[grpc.StatusCode] = field(default=RETRYABLE)
-    #: Per-tier overall deadlines, (tier, seconds), for tiers slower than ``deadline_s`` allows (an LLM
-    #: judging a batch of hundreds). Such a tier's attempts may take half its deadline each.
-    tier_deadlines_s: tuple[tuple[int, float], ...] = ()
-
-    def for_tier(self, tier: int) -> RetryPolicy:
-        """The policy one tier's client uses."""
-        for t, seconds in self.tier_deadlines_s:
-            if t == tier:
-                return replace(
-                    self,
-                    deadline_s=seconds,
-                    attempt_timeout_s=max(self.attempt_timeout_s, seconds / 2),
-                    tier_deadlines_s=(),
-                )
-        return self
+def tier_policy(policy: RetryPolicy, tier_deadlines_s: Iterable[tuple[int, float]], tier: int) -> RetryPolicy:
+    """The policy one tier's client uses: ``policy``, or with the tier's own deadline when
+    ``tier_deadlines_s`` (tier, seconds) names one (an LLM judging a batch of hundreds)."""
+    for t, seconds in tier_deadlines_s:
+        if t == tier:
+            return policy.with_deadline(seconds)
+    return policy
 
 
 class _Stopped(Exception):
@@ -116,7 +104,7 @@ class JudgeClient:
     ) -> None:
         self.target = target
         self.tier = tier
-        self._policy = policy.for_tier(tier)
+        self._policy = policy
         self._breaker = breaker
         self._stop = stop or threading.Event()
         self._clock = clock
@@ -162,7 +150,7 @@ class JudgeClient:
                 )
             except grpc.RpcError as exc:
                 if breaker is not None:
-                    if exc.code() in policy.retryable:
+                    if exc.code() in RETRYABLE:
                         breaker.record_failure()
                     else:
                         breaker.record_success()  # it answered: the tier is up
@@ -172,13 +160,11 @@ class JudgeClient:
             return response
 
         def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, grpc.RpcError) and exc.code() in policy.retryable
+            return isinstance(exc, grpc.RpcError) and exc.code() in RETRYABLE
 
         retrying = Retrying(
-            stop=stop_before_delay(policy.deadline_s),
-            wait=wait_exponential_jitter(  # ``multiplier`` is tenacity 9.2's name for the first backoff
-                multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, jitter=policy.jitter_s
-            ),
+            stop=policy.stop(deadline, self._clock),
+            wait=policy.wait(),
             retry=retry_if_exception(retryable),
             sleep=self._sleep,
             reraise=True,
@@ -193,7 +179,7 @@ class JudgeClient:
                 f"judge tier {self.tier} at {self.target}: {code.name} after {self.attempts} attempt(s) "
                 f"in {policy.deadline_s:.1f}s deadline: {details}"
             )
-            if code in policy.retryable:
+            if code in RETRYABLE:
                 raise JudgeUnavailable(message, tier=self.tier, target=self.target, code=code.name) from exc
             raise JudgeRejected(message, tier=self.tier, target=self.target, code=code.name) from exc
         except _CircuitOpen as exc:

@@ -134,10 +134,8 @@ class MicroBatchRunner:
             endpoints=parse_endpoints(settings.judges),
             cascade=cascade,
             sampling=sampling,
-            policy=RetryPolicy(
-                deadline_s=settings.judge_deadline_s,
-                tier_deadlines_s=tuple(sorted(settings.judge_tier_deadlines_s.items())),
-            ),
+            policy=RetryPolicy(deadline_s=settings.judge_deadline_s),
+            tier_deadlines_s=tuple(sorted(settings.judge_tier_deadlines_s.items())),
             limits=DecodeLimits(
                 max_event_bytes=settings.max_event_bytes, max_age=timedelta(hours=settings.max_event_age_h)
             ),
