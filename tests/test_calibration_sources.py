@@ -27,7 +27,7 @@ from evalstream.evaluation.judgements import Split, read_judgements, write_judge
 from evalstream.evaluation.recorded import build
 from evalstream.evaluation.report import CascadeSpec, build_report
 from evalstream.evaluation.routing import config_plan, route, summarise_routes
-from evalstream.judges.base import input_from_event
+from evalstream.judges.base import JudgeInput, input_from_event
 from evalstream.judges.rules import RULE_PRECISION, RulesJudge
 from evalstream.judges.servicer import to_response
 from evalstream.pipeline.cascade import judge_batch
@@ -221,11 +221,9 @@ def test_the_pipeline_applies_a_rule_only_to_judgements_from_its_source(shared_d
     assert other.source_mismatches == {("refusal", 0, RULE_PRECISION): 40}
 
 
-def test_every_live_judge_says_its_confidence_source(shared_data: Path) -> None:
-    """Tier 0 (rules) on real XSTest responses: refusal from rule precision, format fixed per rule."""
-    judge = RulesJudge.load()
-    records = read_xstest(shared_data)[:20]
-    inputs = [
+def xstest_inputs(shared_data: Path, n: int) -> list[JudgeInput]:
+    """The first ``n`` real XSTest prompt/response pairs as judge inputs."""
+    return [
         input_from_event(
             str(i),
             events_pb2.LLMEvent(
@@ -234,8 +232,14 @@ def test_every_live_judge_says_its_confidence_source(shared_data: Path) -> None:
                 response=r.completion,
             ),
         )
-        for i, r in enumerate(records)
+        for i, r in enumerate(read_xstest(shared_data)[:n])
     ]
+
+
+def test_every_live_judge_says_its_confidence_source(shared_data: Path) -> None:
+    """Tier 0 (rules) on real XSTest responses: refusal from rule precision, format fixed per rule."""
+    judge = RulesJudge.load()
+    inputs = xstest_inputs(shared_data, 20)
     outcomes = judge.judge_batch(inputs, frozenset({"refusal", "format"}))
     sources = {(j.dimension, j.confidence_source) for o in outcomes for j in o.judgements}
     assert sources == {("refusal", "rule_precision"), ("format", "rule_fixed")}
@@ -269,18 +273,7 @@ def test_the_encoder_judge_says_its_confidence_source(encoder_artefact: Path, sh
     from evalstream.judges.encoder import CLASSIFIER_PROBABILITY, EncoderJudge
 
     judge = EncoderJudge.load(encoder_artefact, num_threads=1)
-    records = read_xstest(shared_data)[:8]
-    inputs = [
-        input_from_event(
-            str(i),
-            events_pb2.LLMEvent(
-                event_id=str(i),
-                messages=[events_pb2.Message(role="user", content=r.prompt)],
-                response=r.completion,
-            ),
-        )
-        for i, r in enumerate(records)
-    ]
+    inputs = xstest_inputs(shared_data, 8)
     outcomes = judge.judge_batch(inputs, frozenset({"refusal", "quality"}))
     judged = [j for o in outcomes for j in o.judgements]
     assert len(judged) == 16 and {j.confidence_source for j in judged} == {CLASSIFIER_PROBABILITY}
