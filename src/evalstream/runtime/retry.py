@@ -72,7 +72,3 @@ class RetryPolicy:
         """Tenacity's stop condition for a call that must end by ``deadline`` (a ``clock`` time)."""
         attempts = stop_never if self.max_attempts is None else stop_after_attempt(self.max_attempts)
         return attempts | StopBeforeDeadline(deadline, clock)
-
-    def attempt_timeout(self, left_s: float) -> float:
-        """One attempt's timeout when ``left_s`` seconds of the deadline are left."""
-        return max(0.001, min(self.attempt_timeout_s, left_s))
