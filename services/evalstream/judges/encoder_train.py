@@ -1,6 +1,7 @@
 """Train the encoder judge (tier 1) on the shared labelled data and write a versioned artefact.
 
-    python -m evalstream.judges.encoder_train --out DIR [--data DIR] [--threads N] [--quantisation Q]
+    python -m evalstream.judges.encoder_train --out DIR [--data DIR] [--threads N] [--layers K]
+        [--quantisation Q]
 
 The encoder is the pinned all-MiniLM-L6-v2 ONNX file, prepared by ``encoder_onnx`` (dynamic int8 by
 default) and written into the artefact first; every embedding below comes from that very file on ONNX
@@ -10,7 +11,7 @@ Two dimensions, each a logistic regression over those embeddings whose probabili
 calibrated by ``CalibratedClassifierCV`` on grouped folds of the training side:
 
 - refusal: XSTest v2, 2,250 completions (5 models x 450 prompts), target the adjudicated human
-  ``final_label`` (3 classes). Input: the response alone, first 64 word pieces. In grouped 5-fold
+  ``final_label`` (3 classes). Input: the response alone, first 48 word pieces. In grouped 5-fold
   cross-validation, adding the prompt's embedding changed accuracy and ECE by less than their
   fold-to-fold spread, "prompt + response" embedded as one text lost 5 points of accuracy, and 64
   word pieces did as well as 128 at about half the cost.
@@ -18,11 +19,28 @@ calibrated by ``CalibratedClassifierCV`` on grouped folds of the training side:
   Target: their mean mapped to our 1-10 rubric by ``1 + (s - 1) * 9 / 4`` (as the LLM replay server
   maps single scores), then ``evalstream.wire.dimensions.quality_label``. The only pointwise quality set
   with response text and three gradings per item, so the label is less noisy than one grading.
-  Input: the response and the last user turn, 64 word pieces each, embedded apart, side by side.
-  The response view is the refusal recipe's, so it is embedded once for both dimensions. With 128
-  word pieces for the response (the torch judge's recipe) held-out accuracy was 0.792 against 0.787
-  at 64 and ECE 0.110 against 0.101, on the same int8 encoder: within the noise of 216 held-out
-  items, for one encoder pass less over the longest text.
+  Input: the response (48 word pieces) and the last user turn (16), embedded apart, side by side.
+  The response view is the refusal recipe's, so it is embedded once for both dimensions.
+
+Word-piece budgets and encoder depth (``--layers``), from ``benchmarks/encoder_recipes.py`` (held-out
+accuracy; grouped 5-fold cross-validated accuracy over every item, mean of 5 shuffles of prompts to
+folds; items/s of the views on one thread):
+
+| encoder | refusal views: held-out / CV acc, items/s | quality views: held-out / CV acc, items/s |
+|---|---|---|
+| 6 layers | response@64: 0.857 / 0.870, 148 | response@64 + prompt@64: 0.787 / 0.690, 112 |
+| 6 layers (default) | **response@48: 0.850 / 0.867, 190** | **response@48 + prompt@16: 0.796 / 0.694, 140** |
+| 6 layers | response@32: 0.841 / 0.855, 268 | response@32 + prompt@16: 0.801 / 0.699, 184 |
+| 4 layers | response@48: 0.873 / 0.888, 277 | response@48 + prompt@16: 0.727 / 0.678, 212 |
+| 3 layers | response@32: 0.865 / 0.877, 489 | response@32 + prompt@16: 0.732 / 0.673, 346 |
+
+The defaults keep both dimensions within a point of the 64-piece recipes on both measures (the torch
+judge before them read 128 response pieces for quality). Cutting the encoder after 3 or 4 of its 6
+layers makes refusal *better* (+2 points) and faster, but costs quality 1-2 points in cross-validation
+and 5-6 on its held-out questions, and the two dimensions share the response's encoder pass, so one
+depth serves both: ``--layers 3`` with ``--refusal-views response@32 --quality-views
+response@32,prompt@16`` is 2.5x faster than the defaults for a deployment that can give up that much
+quality accuracy (or judges refusal alone at tier 1).
 
 Calibration is temperature scaling: one parameter that keeps the classifier's decisions and fixes
 its confidence. For refusal, unweighted logistic regression beat balanced class weights and
@@ -63,8 +81,8 @@ from .embedding import (
 from .encoder_artefact import (
     ArtefactMetadata,
 )
-from .encoder_fit import CALIBRATIONS, CLASS_WEIGHTS, RECIPES, Recipe, train
-from .encoder_onnx import Quantisation, SourceFileError
+from .encoder_fit import CALIBRATIONS, CLASS_WEIGHTS, ENCODER_LAYERS, RECIPES, Recipe, train
+from .encoder_onnx import MODEL_LAYERS, Quantisation, SourceFileError
 
 __all__ = ["main", "parse_views"]
 
@@ -135,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"ONNX Runtime intra-op threads (default {DEFAULT_THREADS})",
     )
     parser.add_argument(
+        "--layers",
+        type=int,
+        default=ENCODER_LAYERS,
+        help=f"transformer layers of the encoder to keep, 1 to {MODEL_LAYERS} (default {ENCODER_LAYERS})",
+    )
+    parser.add_argument(
         "--quantisation",
         choices=[q.value for q in Quantisation],
         default=Quantisation.DYNAMIC_INT8.value,
@@ -157,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_threads=args.threads,
             force=args.force,
             quantisation=Quantisation(args.quantisation),
+            layers=args.layers,
         )
     except (FileExistsError, FileNotFoundError, ValueError, SourceFileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
