@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import apache_beam as beam
 import numpy as np
@@ -494,3 +494,47 @@ def test_a_batch_in_parts_is_deduplicated_as_one_and_accounted_for() -> None:
     ]
     assert totals == [11, 7, 4, 3]
     assert set(seen.claims("b1")) == {"a", "b", "c", "d", "e", "f", "g"}
+
+
+def test_one_pipeline_runs_batch_after_batch_with_each_batch_clock_and_id() -> None:
+    """The runner's ``BatchPipeline`` is built once and run per batch: each run reads its own records,
+    clock and batch id (through the ``BatchClock``), ids committed after one batch are duplicates in
+    the next, and nothing of a batch's outputs is left over in the next."""
+    from evalstream.pipeline.bounded import BatchPipeline, process_batch
+    from evalstream.pipeline.evaluate import EvaluateConfig
+    from evalstream.wire.cascade_config import default_cascade
+
+    config = EvaluateConfig(
+        endpoints={0: "127.0.0.1:9"},  # never called: nothing is sampled
+        cascade=default_cascade(),
+        sampling=SamplingConfig(default_rate=0.0, always_finish_reasons=frozenset()),
+        limits=LIMITS,
+        batch_size=2,
+    )
+    seen = SeenIds(capacity=100)
+    later = NOW + timedelta(minutes=5)
+    with BatchPipeline(config, seen=SharedSeenIds(seen)) as pipeline:
+        batch = [record(event_json(i, when=NOW), n) for n, i in enumerate(["a", "b", "c"])]
+        first = pipeline.run(batch, now=NOW, batch_id="b1")
+        seen.commit("b1", first.unsampled_ids)
+        second = pipeline.run(
+            [record(event_json(i, when=later), 10 + n) for n, i in enumerate(["b", "d"])]
+            + [record(b"nope", 12)],
+            now=later,
+            batch_id="b2",
+        )
+    assert sorted(first.unsampled_ids) == ["a", "b", "c"] and first.dead == []
+    assert second.unsampled_ids == ["d"] and second.accounted == 3
+    dead = sorted(
+        (letter.error_type, letter.failed_at.ToDatetime(tzinfo=UTC))
+        for letter in (verdict_pb2.DeadLetter.FromString(v) for _, v in second.dead)
+    )
+    assert dead == [("duplicate_event_id", later), ("invalid_json", later)]
+    for result, batch_id, events in ((first, "b1", 3), (second, "b2", 3)):
+        summaries = [summary_pb2.Summary.FromString(v) for _, v in result.summaries]
+        assert {s.batch_id for s in summaries} == {batch_id}
+        assert sum(s.events_in for s in summaries if s.dimension == "") == events
+    # The same batch through a pipeline of its own gives the same outputs.
+    alone = process_batch(batch, config, now=NOW, batch_id="b1")
+    assert sorted(alone.unsampled_ids) == sorted(first.unsampled_ids)
+    assert sorted(alone.summaries) == sorted(first.summaries)

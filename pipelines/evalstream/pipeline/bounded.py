@@ -1,4 +1,5 @@
-"""One micro-batch as one bounded Beam pipeline on the in-process runner: ``process_batch``.
+"""Micro-batches through one bounded Beam pipeline on the in-process runner: ``BatchPipeline``, built
+once and run for every batch (the local runner keeps one), and ``process_batch`` for a single batch.
 
 The batch reaches the pipeline through a file read by its first step (``beam.Create`` of the records
 would pickle and bz2-compress each into the pipeline definition, ~0.3 ms per record), in
@@ -7,7 +8,7 @@ on one part's requests, the next part is decoded. With the runner's shared windo
 the parts are deduplicated as one batch (``dedupe.py``).
 
 Outputs leave the pipeline through a spill directory: a sink DoFn writes each output as
-length-prefixed (Kafka key, serialized message) records, a file per bundle, and ``process_batch``
+length-prefixed (Kafka key, serialized message) records, a file per bundle, and ``BatchPipeline.run``
 reads them back as the records the runner produces (each message is serialized once). This keeps I/O
 out of the transforms, works with any local runner mode, and costs ~1 ms per 1,000 records.
 """
@@ -15,6 +16,7 @@ out of the transforms, works with any local runner mode, and costs ~1 ms per 1,0
 from __future__ import annotations
 
 import pickle
+import shutil
 import struct
 import tempfile
 import uuid
@@ -26,14 +28,17 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.pipeline_utils import group_by_key_input_visitor
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+from apache_beam.transforms.environments import EmbeddedPythonEnvironment
 
+from evalstream.pipeline.batch_clock import BatchClock
 from evalstream.pipeline.dedupe import SharedSeenIds
 from evalstream.pipeline.evaluate import Evaluate, EvaluateConfig
 from evalstream.pipeline.records import Batch, KafkaRecord
 from evalstream.v1 import summary_pb2, verdict_pb2
 
-__all__ = ["PARTS_OF_REQUESTS", "BatchResult", "Keyed", "process_batch"]
+__all__ = ["PARTS_OF_REQUESTS", "BatchPipeline", "BatchResult", "Keyed", "process_batch"]
 
 _LEN = struct.Struct(">I")
 #: A batch enters the pipeline in parts of this many judge requests.
@@ -144,10 +149,11 @@ def _write_records(path: Path, records: Sequence[KafkaRecord]) -> None:
 
 
 def _read_parts(path: str, part_size: int) -> Iterator[list[KafkaRecord]]:
-    """The batch's records in (partition, offset) order, in parts of ``part_size``."""
+    """The batch's records in (partition, offset) order, in parts of ``part_size`` (0: one part)."""
     with open(path, "rb") as f:
         rows: list[_RecordTuple] = pickle.load(f)
-    for start in range(0, len(rows), part_size):
+    size = part_size or len(rows) or 1
+    for start in range(0, len(rows), size):
         yield [
             KafkaRecord(
                 topic=topic,
@@ -158,10 +164,67 @@ def _read_parts(path: str, part_size: int) -> Iterator[list[KafkaRecord]]:
                 content_type=content_type,
                 timestamp_ms=timestamp_ms,
             )
-            for topic, partition, offset, key, value, content_type, timestamp_ms in rows[
-                start : start + part_size
-            ]
+            for topic, partition, offset, key, value, content_type, timestamp_ms in rows[start : start + size]
         ]
+
+
+class BatchPipeline:
+    """``Evaluate`` as a bounded Beam pipeline built once and run for every batch.
+
+    Building the pipeline, converting it to its portable form and parsing its options cost ~0.18 s,
+    whatever the batch's size; a runner pays that once here, not per batch. Each ``run`` writes the
+    batch to the pipeline's input file, sets the ``BatchClock`` its transforms read the batch's clock
+    and id from, runs the pipeline's portable form on a fresh in-process ``FnApiRunner`` and reads the
+    spilled outputs back. One run at a time; ``close`` removes the working directory.
+
+    With the runner's shared window (``SharedSeenIds``) a batch enters in parts of
+    ``PARTS_OF_REQUESTS`` judge requests, deduplicated as one batch through the window's claims;
+    without it, each batch is one part.
+    """
+
+    def __init__(self, config: EvaluateConfig, *, seen: frozenset[str] | SharedSeenIds = frozenset()) -> None:
+        self.config = config
+        self._root = Path(tempfile.mkdtemp(prefix="evalstream-batch-"))
+        self._input = self._root / "input.pickle"
+        self._clock = BatchClock()
+        part_size = PARTS_OF_REQUESTS * config.batch_size if isinstance(seen, SharedSeenIds) else 0
+        self._options = PipelineOptions(["--direct_num_workers=1", "--experiments=beam_fn_api"])
+        pipeline = beam.Pipeline(runner=FnApiRunner(), options=self._options)
+        outputs = (
+            pipeline
+            | "Input" >> beam.Create([str(self._input)])
+            | "Records" >> beam.FlatMap(_read_parts, part_size=part_size).with_output_types(Batch)
+            | "Evaluate" >> Evaluate(config, now=self._clock, batch_id=self._clock, seen=seen)
+        )
+        for tag in _OUTPUTS:
+            _ = getattr(outputs, tag) | f"Spill_{tag}" >> beam.ParDo(_Spill(str(self._root), tag))
+        # What FnApiRunner.run_pipeline does before running a pipeline's portable form: key-value
+        # inputs to GroupByKey, and the in-process environment.
+        pipeline.visit(group_by_key_input_visitor(False))
+        self._proto = pipeline.to_runner_api(default_environment=EmbeddedPythonEnvironment.default())
+
+    def run(self, records: Sequence[KafkaRecord], *, now: datetime, batch_id: str) -> BatchResult:
+        _write_records(self._input, records)
+        for tag in _OUTPUTS:
+            shutil.rmtree(self._root / tag, ignore_errors=True)
+        self._clock.set(now=now, batch_id=batch_id)
+        FnApiRunner().run_via_runner_api(self._proto, self._options).wait_until_finish()
+        return BatchResult(
+            verdicts=_read_spill(self._root / "verdicts"),
+            summaries=_read_spill(self._root / "summaries"),
+            dead=_read_spill(self._root / "dead"),
+            audit=_read_spill(self._root / "audit"),
+            unsampled_ids=[key.decode() for key, _ in _read_spill(self._root / "unsampled")],
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> BatchPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def process_batch(
@@ -172,33 +235,7 @@ def process_batch(
     batch_id: str,
     seen: frozenset[str] | SharedSeenIds = frozenset(),
 ) -> BatchResult:
-    """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs.
-
-    The first step reads the records from a file (``beam.Create`` of the records would pickle and
-    bz2-compress each into the pipeline definition, ~0.3 ms per record) and passes them on in
-    (partition, offset) order, in parts of twice the judge request size: while the judges work on one
-    part's requests, the next part is decoded. With the runner's shared window (``SharedSeenIds``) the
-    parts are deduplicated as one batch; without it, each part is a batch of its own.
-    """
-    with tempfile.TemporaryDirectory(prefix="evalstream-batch-") as spill:
-        root = Path(spill)
-        _write_records(root / "input.pickle", records)
-        # Parts are deduplicated as one batch only through the shared window's claims.
-        part_size = PARTS_OF_REQUESTS * config.batch_size if isinstance(seen, SharedSeenIds) else len(records)
-        options = PipelineOptions(["--direct_num_workers=1"])
-        with beam.Pipeline(runner=FnApiRunner(), options=options) as pipeline:
-            outputs = (
-                pipeline
-                | "Input" >> beam.Create([str(root / "input.pickle")])
-                | "Records" >> beam.FlatMap(_read_parts, part_size=max(part_size, 1)).with_output_types(Batch)
-                | "Evaluate" >> Evaluate(config, now=now, batch_id=batch_id, seen=seen)
-            )
-            for tag in _OUTPUTS:
-                _ = getattr(outputs, tag) | f"Spill_{tag}" >> beam.ParDo(_Spill(spill, tag))
-        return BatchResult(
-            verdicts=_read_spill(root / "verdicts"),
-            summaries=_read_spill(root / "summaries"),
-            dead=_read_spill(root / "dead"),
-            audit=_read_spill(root / "audit"),
-            unsampled_ids=[key.decode() for key, _ in _read_spill(root / "unsampled")],
-        )
+    """Run ``Evaluate`` over one bounded batch on the in-process runner and collect its outputs (a
+    ``BatchPipeline`` built for this batch alone; a runner keeps one for all its batches)."""
+    with BatchPipeline(config, seen=seen) as pipeline:
+        return pipeline.run(records, now=now, batch_id=batch_id)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import apache_beam as beam
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from evalstream.pipeline.batch_clock import Now, now_of
 from evalstream.pipeline.records import DeadReason, Decoded, KafkaRecord, Stage, as_batches, dead_letter
 from evalstream.runtime.tracing import tracing_enabled
 from evalstream.v1 import events_pb2, verdict_pb2
@@ -170,13 +171,12 @@ def decode_batch(
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, now: datetime | None, limits: DecodeLimits) -> None:
+    def __init__(self, now: Now, limits: DecodeLimits) -> None:
         self._fixed_now = now
         self._limits = limits
 
     def process(self, records: list[KafkaRecord]) -> Iterator[object]:
-        now = self._fixed_now or datetime.now(UTC)
-        events, dead = decode_batch(records, now=now, limits=self._limits)
+        events, dead = decode_batch(records, now=now_of(self._fixed_now), limits=self._limits)
         if events:
             yield events
         if dead:
@@ -187,8 +187,9 @@ class Decode(beam.PTransform):
     """Batches of ``KafkaRecord`` -> (batches of ``Decoded`` events, batches of dead letters):
     ``result.events`` and ``result.dead``."""
 
-    def __init__(self, *, now: datetime | None = None, limits: DecodeLimits | None = None) -> None:
-        """``now``: the batch clock (micro-batches); None reads the wall clock per batch (streaming)."""
+    def __init__(self, *, now: Now = None, limits: DecodeLimits | None = None) -> None:
+        """``now``: the batch clock (micro-batches: fixed, or a ``BatchClock``); None reads the wall clock
+        per batch (streaming)."""
         super().__init__()
         self._now = now
         self._limits = limits or DecodeLimits()

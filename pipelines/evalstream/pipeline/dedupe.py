@@ -13,11 +13,12 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import apache_beam as beam
 from apache_beam.utils import shared
 
+from evalstream.pipeline.batch_clock import BatchClock, Now, batch_id_of, now_of
 from evalstream.pipeline.records import DeadReason, Decoded, Stage, as_batches, dead_letter
 from evalstream.v1 import verdict_pb2
 
@@ -139,7 +140,7 @@ def dedupe_batch(
 
 class _PickFirst(beam.DoFn):
     def __init__(
-        self, seen: frozenset[str] | SharedSeenIds, now: datetime | None, batch_id: str | None
+        self, seen: frozenset[str] | SharedSeenIds, now: Now, batch_id: str | BatchClock | None
     ) -> None:
         self._seen_ref = seen
         self._fixed_now = now
@@ -150,9 +151,9 @@ class _PickFirst(beam.DoFn):
         self._seen: frozenset[str] | SeenIds = ref.resolve() if isinstance(ref, SharedSeenIds) else ref
 
     def process(self, batch: list[Decoded]) -> Iterator[object]:
-        now = self._fixed_now or datetime.now(UTC)
+        now = now_of(self._fixed_now)
         firsts = (
-            self._seen.claims(self._batch_id)
+            self._seen.claims(batch_id_of(self._batch_id))
             if isinstance(self._seen, SeenIds) and self._batch_id is not None
             else None
         )
@@ -175,8 +176,8 @@ class Dedupe(beam.PTransform):
         self,
         *,
         seen: frozenset[str] | SharedSeenIds = frozenset(),
-        now: datetime | None = None,
-        batch_id: str | None = None,
+        now: Now = None,
+        batch_id: str | BatchClock | None = None,
     ) -> None:
         super().__init__()
         self._seen = seen

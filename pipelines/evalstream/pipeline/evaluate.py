@@ -11,10 +11,10 @@ time; ``run.build_streaming`` feeds it one batch per partition and window; tests
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import apache_beam as beam
 
+from evalstream.pipeline.batch_clock import BatchClock, Now
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe
 from evalstream.pipeline.decode import Decode, DecodeLimits
@@ -63,11 +63,12 @@ class Evaluate(beam.PTransform):
         self,
         config: EvaluateConfig,
         *,
-        now: datetime | None,
-        batch_id: str,
+        now: Now,
+        batch_id: str | BatchClock,
         seen: frozenset[str] | SharedSeenIds = frozenset(),
     ) -> None:
-        """``now``: the batch clock for micro-batches, or None for the wall clock (streaming runners)."""
+        """``now``: the batch clock for micro-batches (fixed, or a ``BatchClock`` for a pipeline run
+        batch after batch), or None for the wall clock (streaming runners); ``batch_id`` likewise."""
         super().__init__()
         self._config = config
         self._now = now

@@ -14,7 +14,6 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -24,6 +23,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
 
+from evalstream.pipeline.batch_clock import Now, now_of
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import AUDIT, DEAD, CascadeOutcome, EmbeddingProbe, judge_batch
 from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy, tier_policy
@@ -97,7 +97,7 @@ class _CascadeFn(beam.DoFn):
         endpoints: dict[int, str],
         cascade: CascadeConfig,
         policy: RetryPolicy,
-        now: datetime | None,
+        now: Now,
         in_flight: int,
         batch_size: int,
         breakers: SharedBreakers | None = None,
@@ -165,7 +165,7 @@ class _CascadeFn(beam.DoFn):
             batch,
             cascade=self._cascade,
             call=lambda tier, request: self._clients[tier].judge(request),
-            now=self._fixed_now or datetime.now(UTC),
+            now=now_of(self._fixed_now),
             probe=self._probe,
             sample=self._sample,
             reachable=self._clients.keys(),
@@ -225,7 +225,7 @@ class JudgeCascade(beam.PTransform):
         endpoints: dict[int, str],
         cascade: CascadeConfig,
         policy: RetryPolicy,
-        now: datetime | None = None,
+        now: Now = None,
         batch_size: int = 256,
         in_flight: int = 2,
         breakers: SharedBreakers | None = None,

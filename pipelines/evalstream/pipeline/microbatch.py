@@ -3,7 +3,8 @@ with its consumed offsets in one Kafka transaction.
 
 Poll up to ``max_batch_records`` records, closing the batch ``max_batch_wait_s`` after its oldest
 record was produced; run the ``Evaluate`` transform over them as a bounded Beam pipeline on the
-in-process FnApiRunner (``bounded.process_batch``); then write verdicts, summaries, dead letters and
+in-process FnApiRunner (``bounded.BatchPipeline``: built once, run per batch, built again when a
+cascade reload changes the config); then write verdicts, summaries, dead letters and
 audits **and** commit the consumed offsets in one Kafka transaction. A crash before the commit aborts
 the transaction: nothing half-written is visible to ``read_committed`` consumers, and the batch is
 read again from the last committed offsets.
@@ -37,7 +38,7 @@ from kafka.errors import KafkaError
 
 from evalstream.kafka.clients import FencedError, KafkaEdgeError, consumer, explain, fenced
 from evalstream.kafka.transactions import BatchWriter, Output, offsets_after, rewind, spans
-from evalstream.pipeline.bounded import BatchResult, process_batch
+from evalstream.pipeline.bounded import BatchPipeline, BatchResult
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import EmbeddingProbe
 from evalstream.pipeline.decode import DecodeLimits
@@ -165,6 +166,15 @@ class MicroBatchRunner:
         self._seen = SeenIds(settings.dedupe_window)
         self._shared_seen = SharedSeenIds(self._seen)
         self.metrics: PipelineMetrics | None = None  # set by run() with --metrics-port
+        #: The bounded pipeline, built once for ``self.config`` (again after a cascade reload).
+        self._pipeline: BatchPipeline | None = None
+
+    def _batch_pipeline(self) -> BatchPipeline:
+        if self._pipeline is None or self._pipeline.config is not self.config:
+            if self._pipeline is not None:
+                self._pipeline.close()
+            self._pipeline = BatchPipeline(self.config, seen=self._shared_seen)
+        return self._pipeline
 
     def _consumer(self) -> KafkaConsumer:
         s = self._settings
@@ -238,9 +248,7 @@ class MicroBatchRunner:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = began
         try:
-            result = process_batch(
-                records, self.config, now=self._now(), batch_id=batch_id, seen=self._shared_seen
-            )
+            result = self._batch_pipeline().run(records, now=self._now(), batch_id=batch_id)
             if result.accounted != len(records):
                 raise RuntimeError(
                     f"batch {batch_id} lost records: {len(records)} in, {result.unsampled} unsampled + "
@@ -404,4 +412,7 @@ class MicroBatchRunner:
             writes.shutdown(wait=True)
             consumer.close()
             writer.close()
+            if self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
         return self.stats

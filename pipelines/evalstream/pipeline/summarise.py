@@ -26,6 +26,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from datasketches import kll_floats_sketch
 
+from evalstream.pipeline.batch_clock import BatchClock, batch_id_of
 from evalstream.v1 import events_pb2, summary_pb2, verdict_pb2
 
 __all__ = ["Summarise", "SummaryKey", "summaries_from"]
@@ -273,7 +274,7 @@ class _MergeAcc(beam.CombineFn):
 class Summarise(beam.PTransform):
     """Batches of (unsampled events, verdicts, dead letters) -> Summary partials for one batch id."""
 
-    def __init__(self, batch_id: str, cascade_version: str = "") -> None:
+    def __init__(self, batch_id: str | BatchClock, cascade_version: str = "") -> None:
         super().__init__()
         self._batch_id = batch_id
         self._cascade_version = cascade_version
@@ -285,5 +286,7 @@ class Summarise(beam.PTransform):
             | "Partials" >> beam.FlatMap(lambda batch: ((tuple(k), a) for k, a in _partials(batch).items()))
             | "MergePerKey" >> beam.CombinePerKey(_MergeAcc())
             | "ToSummary"
-            >> beam.MapTuple(lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id, version))
+            >> beam.MapTuple(
+                lambda key, acc: _to_summary(SummaryKey(*key), acc, batch_id_of(batch_id), version)
+            )
         )
