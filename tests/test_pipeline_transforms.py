@@ -16,13 +16,14 @@ from datasketches import kll_floats_sketch
 from evalstream.pipeline.cascade import judge_batch
 from evalstream.pipeline.decode import Decode, DecodeLimits, decode_record
 from evalstream.pipeline.dedupe import Dedupe, SeenIds, SharedSeenIds
+from evalstream.pipeline.evaluate import EvaluateConfig
 from evalstream.pipeline.judge_client import JudgeRejected, JudgeUnavailable
 from evalstream.pipeline.records import Decoded, SampledEvent
 from evalstream.pipeline.sampling import Sample, SamplingConfig, decide, unit_hash
 from evalstream.pipeline.summarise import Summarise, _Acc, summaries_from
 from evalstream.v1 import events_pb2, judge_pb2, summary_pb2, verdict_pb2
 from evalstream.wire import topics
-from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule
+from evalstream.wire.cascade_config import CascadeConfig, DimensionCascade, TierRule, default_cascade
 from evalstream.wire.contract import LLMEventIn, to_proto
 
 from .pipeline_helpers import NOW, event_json, record
@@ -451,21 +452,24 @@ def test_seen_ids_claims_last_until_commit_or_release() -> None:
     assert "z" not in seen
 
 
-def test_a_batch_in_parts_is_deduplicated_as_one_and_accounted_for() -> None:
-    """``process_batch`` on Beam's in-process runner: a batch enters in parts of two judge requests
-    (here 4 records); a copy in a later part, or of an id claimed by an uncommitted batch, is a
-    duplicate. Nothing is sampled (rate 0), so no judge is called."""
-    from evalstream.pipeline.bounded import process_batch
-    from evalstream.pipeline.evaluate import EvaluateConfig
-    from evalstream.wire.cascade_config import default_cascade
-
-    config = EvaluateConfig(
+def unsampled_config() -> EvaluateConfig:
+    """Judge requests of 2, nothing sampled (rate 0): no judge is called."""
+    return EvaluateConfig(
         endpoints={0: "127.0.0.1:9"},  # never called: nothing is sampled
         cascade=default_cascade(),
         sampling=SamplingConfig(default_rate=0.0, always_finish_reasons=frozenset()),
         limits=LIMITS,
         batch_size=2,
     )
+
+
+def test_a_batch_in_parts_is_deduplicated_as_one_and_accounted_for() -> None:
+    """``process_batch`` on Beam's in-process runner: a batch enters in parts of two judge requests
+    (here 4 records); a copy in a later part, or of an id claimed by an uncommitted batch, is a
+    duplicate. Nothing is sampled (rate 0), so no judge is called."""
+    from evalstream.pipeline.bounded import process_batch
+
+    config = unsampled_config()
     ids = ["a", "b", "c", "d", "e", "a", "f", "earlier", "b", "g"]
     records = [record(event_json(event_id), offset) for offset, event_id in enumerate(ids)]
     records.append(record(b"nope", len(ids)))
@@ -501,16 +505,8 @@ def test_one_pipeline_runs_batch_after_batch_with_each_batch_clock_and_id() -> N
     clock and batch id (through the ``BatchClock``), ids committed after one batch are duplicates in
     the next, and nothing of a batch's outputs is left over in the next."""
     from evalstream.pipeline.bounded import BatchPipeline, process_batch
-    from evalstream.pipeline.evaluate import EvaluateConfig
-    from evalstream.wire.cascade_config import default_cascade
 
-    config = EvaluateConfig(
-        endpoints={0: "127.0.0.1:9"},  # never called: nothing is sampled
-        cascade=default_cascade(),
-        sampling=SamplingConfig(default_rate=0.0, always_finish_reasons=frozenset()),
-        limits=LIMITS,
-        batch_size=2,
-    )
+    config = unsampled_config()
     seen = SeenIds(capacity=100)
     later = NOW + timedelta(minutes=5)
     with BatchPipeline(config, seen=SharedSeenIds(seen)) as pipeline:
