@@ -483,3 +483,29 @@ def test_the_encoder_is_cut_after_its_layers(tmp_path: Path) -> None:
     for bad in (0, MODEL_LAYERS + 1):
         with pytest.raises(ValueError, match="layers"):
             prepare(tmp_path / "x.onnx", tmp_path / "t.json", Quantisation.NONE, layers=bad)
+
+
+@pytest.mark.slow
+def test_recipe_changes_name_what_an_older_artefact_was_trained_on(
+    trained: tuple[Path, ArtefactMetadata],
+) -> None:
+    """``up`` trains its artefact again when it was made on other recipes (an older evalstream's)."""
+    from evalstream.judges.encoder_fit import recipe_changes
+
+    _, metadata = trained
+    assert recipe_changes(metadata) == []
+    refusal = metadata.dimensions["refusal"]
+    response_64 = [View(field=TextField.RESPONSE, max_tokens=64)]
+    older = metadata.model_copy(
+        update={
+            "encoder": metadata.encoder.model_copy(update={"layers": 3}),
+            "dimensions": {
+                **metadata.dimensions,
+                "refusal": refusal.model_copy(update={"views": response_64}),
+            },
+        }
+    )
+    assert recipe_changes(older) == [
+        f"layers 3, now {ENCODER_LAYERS}",
+        f"refusal: response@64, now {RECIPES[Dimension.REFUSAL].views[0].key()}",
+    ]

@@ -67,6 +67,7 @@ __all__ = [
     "TrainedDimension",
     "fit_profile",
     "held_out_metrics",
+    "recipe_changes",
     "train",
     "train_dimension",
 ]
@@ -110,6 +111,21 @@ RECIPES: Final[Mapping[Dimension, Recipe]] = MappingProxyType(
         ),
     }
 )
+
+
+def recipe_changes(metadata: ArtefactMetadata, *, layers: int = ENCODER_LAYERS) -> list[str]:
+    """How an artefact's encoder depth and views differ from the defaults (``RECIPES``, ``layers``),
+    e.g. ``["refusal: response@64, now response@48"]``; empty when it was trained on them."""
+    changes = [] if metadata.encoder.layers == layers else [f"layers {metadata.encoder.layers}, now {layers}"]
+    for dim, recipe in RECIPES.items():
+        trained = metadata.dimensions.get(dim.value)
+        had = ", ".join(v.key() for v in trained.views) if trained is not None else "none"
+        now = ", ".join(v.key() for v in recipe.views)
+        if had != now:
+            changes.append(f"{dim.value}: {had}, now {now}")
+    return changes
+
+
 CALIBRATION_FOLDS: Final = 5
 REGULARISATION_C: Final = 1.0
 

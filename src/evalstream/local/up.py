@@ -232,14 +232,20 @@ class Stack:
 
     def _encoder_artefact(self) -> Path:
         from evalstream.judges.encoder_artefact import EncoderArtefactError, load_artefact
+        from evalstream.judges.encoder_fit import recipe_changes
 
         artefact = self.options.state_dir / "encoder"
         if (artefact / "metadata.json").is_file():
             try:
-                load_artefact(artefact)
-                return artefact
+                changes = recipe_changes(load_artefact(artefact).metadata)
             except EncoderArtefactError as exc:  # made by an older evalstream: train it again
                 self.console.print(f"the tier-1 artefact in {artefact} cannot be served: {exc}")
+            else:
+                if not changes:
+                    return artefact
+                self.console.print(  # an older evalstream's recipes: train it on today's
+                    f"the tier-1 artefact in {artefact} was trained on other recipes ({'; '.join(changes)})"
+                )
         train = self._child(
             ChildProcess(
                 name="encoder-train",
