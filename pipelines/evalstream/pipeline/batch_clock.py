@@ -5,8 +5,8 @@ The local runner builds its bounded Beam pipeline once and runs it for every mic
 transforms still need each batch's clock (``Decode``'s age limits, dead letters' ``failed_at``, the
 verdicts' ``judged_at``) and its id (``Dedupe``'s claims in the shared window, ``Summarise``'s
 ``batch_id``), which change between runs while the pipeline does not. ``BatchClock`` carries them: the
-runner sets them before each run, and the DoFns read them through Beam's ``Shared`` (a process-local
-registry, as ``dedupe.SharedSeenIds`` and RunInference's shared models), so the pickled pipeline
+runner sets them before each run, and the DoFns read them through an ``in_process.InProcess``
+reference (Beam's ``Shared``, as the dedupe window and the circuit breakers), so the pickled pipeline
 holds only a tag. It needs an in-process runner, like the shared window.
 
 Where a transform takes ``now``, it takes a fixed ``datetime`` (a one-off bounded pipeline), ``None``
@@ -16,10 +16,9 @@ Where it takes a batch id, a ``str`` or a ``BatchClock``; ``batch_id_of`` reads 
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
-from apache_beam.utils import shared
+from evalstream.pipeline.in_process import InProcess
 
 __all__ = ["BatchClock", "Now", "batch_id_of", "now_of"]
 
@@ -32,51 +31,28 @@ class _Current:
         self.batch_id: str | None = None
 
 
-class BatchClock:
+class BatchClock(InProcess[_Current]):
     """A picklable reference to the clock and id of the batch being run, set by its creator."""
 
     def __init__(self) -> None:
-        current = _Current()
-        self._handle = shared.Shared()
-        self._tag = uuid.uuid4().hex
-        self._current: _Current | None = self._handle.acquire(lambda: current, tag=self._tag)
-        self._anchor = self._current  # the creator's strong reference keeps it alive
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_handle": self._handle, "_tag": self._tag}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._current = None
+        super().__init__(_Current())
 
     def set(self, *, now: datetime, batch_id: str) -> None:
         """The next run's clock and batch id (the creator only, between runs)."""
-        current = self._resolve()
+        current = self.resolve()
         current.now, current.batch_id = now, batch_id
 
     def now(self) -> datetime:
-        now = self._resolve().now
+        now = self.resolve().now
         if now is None:
             raise RuntimeError("BatchClock.now() before the runner set a batch")
         return now
 
     def batch_id(self) -> str:
-        batch_id = self._resolve().batch_id
+        batch_id = self.resolve().batch_id
         if batch_id is None:
             raise RuntimeError("BatchClock.batch_id() before the runner set a batch")
         return batch_id
-
-    def _resolve(self) -> _Current:
-        if self._current is None:
-
-            def missing() -> _Current:
-                raise RuntimeError(
-                    "the BatchClock is gone: a reused bounded pipeline needs an in-process runner, and "
-                    "the runner must keep its BatchClock alive while the pipeline runs"
-                )
-
-            self._current = self._handle.acquire(missing, tag=self._tag)
-        return self._current
 
 
 Now = datetime | BatchClock | None

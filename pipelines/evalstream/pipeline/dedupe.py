@@ -10,15 +10,14 @@ runner would keep the same window in per-key state with an expiry timer instead.
 
 from __future__ import annotations
 
-import uuid
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Iterator
 from datetime import datetime
 
 import apache_beam as beam
-from apache_beam.utils import shared
 
 from evalstream.pipeline.batch_clock import BatchClock, Now, batch_id_of, now_of
+from evalstream.pipeline.in_process import InProcess
 from evalstream.pipeline.records import DeadReason, Decoded, Stage, as_batches, dead_letter
 from evalstream.v1 import verdict_pb2
 
@@ -74,32 +73,17 @@ class SeenIds:
         return len(self._ids)
 
 
-class SharedSeenIds:
+class SharedSeenIds(InProcess[SeenIds]):
     """A picklable reference to a process-local ``SeenIds``, for runners that execute in-process.
 
     The creator holds the strong reference that keeps the window alive; DoFns resolve it by tag.
     """
 
-    def __init__(self, seen: SeenIds) -> None:
-        self._handle = shared.Shared()
-        self._tag = uuid.uuid4().hex
-        self._anchor = self._handle.acquire(lambda: seen, tag=self._tag)
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_handle": self._handle, "_tag": self._tag}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-
-    def resolve(self) -> SeenIds:
-        def missing() -> SeenIds:
-            raise RuntimeError(
-                "the shared SeenIds window is gone: Dedupe with shared ids needs an in-process runner "
-                "and the runner must keep its SharedSeenIds alive while the pipeline runs"
-            )
-
-        found: SeenIds = self._handle.acquire(missing, tag=self._tag)
-        return found
+    def _missing(self) -> SeenIds:
+        raise RuntimeError(
+            "the shared SeenIds window is gone: Dedupe with shared ids needs an in-process runner "
+            "and the runner must keep its SharedSeenIds alive while the pipeline runs"
+        )
 
 
 def dedupe_batch(

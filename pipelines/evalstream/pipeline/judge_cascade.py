@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +17,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import BoundedWindow
-from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 from opentelemetry import trace
@@ -26,6 +24,7 @@ from opentelemetry import trace
 from evalstream.pipeline.batch_clock import Now, now_of
 from evalstream.pipeline.calibration_sample import CalibrationSample
 from evalstream.pipeline.cascade import AUDIT, DEAD, CascadeOutcome, EmbeddingProbe, judge_batch
+from evalstream.pipeline.in_process import InProcess
 from evalstream.pipeline.judge_client import JudgeClient, RetryPolicy, tier_policy
 from evalstream.pipeline.records import SampledEvent, as_batches
 from evalstream.runtime.circuit import BreakerPolicy, CircuitBreaker
@@ -58,27 +57,17 @@ class TierBreakers:
             return dict(self._breakers)
 
 
-class SharedBreakers:
+class SharedBreakers(InProcess[TierBreakers]):
     """A picklable reference to a process-local ``TierBreakers``, so breaker state survives from one
     micro-batch pipeline to the next. The creator holds the strong reference. Where the creator is not
     (a remote worker of a streaming runner), the first DoFn there makes a fresh set with the policy."""
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self._policy = policy
-        self._handle = shared.Shared()
-        self._tag = uuid.uuid4().hex
-        self._anchor: TierBreakers | None = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
+        super().__init__(TierBreakers(policy))
 
-    def __getstate__(self) -> dict[str, object]:
-        return {"_policy": self._policy, "_handle": self._handle, "_tag": self._tag, "_anchor": None}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-
-    def resolve(self) -> TierBreakers:
-        policy = self._policy
-        found: TierBreakers = self._handle.acquire(lambda: TierBreakers(policy), tag=self._tag)
-        return found
+    def _missing(self) -> TierBreakers:
+        return TierBreakers(self._policy)
 
 
 class _CascadeFn(beam.DoFn):
