@@ -188,7 +188,9 @@ class BatchPipeline:
         self._input = self._root / "input.pickle"
         self._clock = BatchClock()
         part_size = PARTS_OF_REQUESTS * config.batch_size if isinstance(seen, SharedSeenIds) else 0
-        self._options = PipelineOptions(["--direct_num_workers=1", "--experiments=beam_fn_api"])
+        # What FnApiRunner.run_pipeline sets before running a pipeline's portable form (one worker is
+        # the FnApiRunner's own default when it runs a portable form).
+        self._options = PipelineOptions(["--experiments=beam_fn_api"])
         pipeline = beam.Pipeline(runner=FnApiRunner(), options=self._options)
         outputs = (
             pipeline
@@ -198,8 +200,7 @@ class BatchPipeline:
         )
         for tag in _OUTPUTS:
             _ = getattr(outputs, tag) | f"Spill_{tag}" >> beam.ParDo(_Spill(str(self._root), tag))
-        # What FnApiRunner.run_pipeline does before running a pipeline's portable form: key-value
-        # inputs to GroupByKey, and the in-process environment.
+        # And what it does to the pipeline: key-value inputs to GroupByKey, the in-process environment.
         pipeline.visit(group_by_key_input_visitor(False))
         self._proto = pipeline.to_runner_api(default_environment=EmbeddedPythonEnvironment.default())
 
