@@ -75,17 +75,22 @@ def produce(bootstrap: str, topic: str, n: int, rate: float = 0.0) -> float:
     return n / (time.monotonic() - start)
 
 
-def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
-    consumer = KafkaConsumer(
+def topic_reader(bootstrap: str, topic: str, group: str) -> KafkaConsumer:
+    """A read_committed consumer of ``topic`` from its start, in a fresh group named after ``group``."""
+    return KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        group_id=f"{group}-{uuid.uuid4().hex[:6]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         isolation_level="read_committed",
         max_poll_records=5000,
         fetch_max_bytes=64 * 1024 * 1024,
     )
+
+
+def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
+    consumer = topic_reader(bootstrap, topic, "raw")
     seen = 0
     first: float | None = None
     while seen < n:
@@ -135,15 +140,7 @@ def judge_capacity(bootstrap: str, topic: str, n: int, judge_address: str) -> fl
     from evalstream.wire.cascade_config import default_cascade
     from evalstream.wire.contract import LLMEventIn, to_proto
 
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"judge-cap-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_poll_records=5000,
-    )
+    consumer = topic_reader(bootstrap, topic, "judge-cap")
     values: list[bytes] = []
     while len(values) < n:
         for messages in consumer.poll(timeout_ms=500).values():
