@@ -28,6 +28,7 @@ from .embedding import (
     TextField,
     View,
 )
+from .encoder_onnx import MODEL_LAYERS
 from .settings import EncoderSettings
 
 __all__ = [
@@ -93,7 +94,7 @@ class EncoderInfo(_Record):
     runtime: str  # ONNX_RUNTIME for a servable artefact ("torch": the benchmark's old path only)
     quantisation: str
     dimension: int
-    layers: int = 6  # transformer layers kept (encoder_onnx.prepare); artefacts before the option: all
+    layers: int = MODEL_LAYERS  # transformer layers kept (encoder_onnx.prepare); before the option: all
     files: dict[str, str]  # artefact file -> sha256: ENCODER_FILE and TOKENIZER_FILE
     pooling: str = "mean over the attention mask, then L2 normalisation"
 
